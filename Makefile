@@ -1,0 +1,45 @@
+# digitlab — the two commands in the README: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+# System packages the full suite uses: Debian's chromium (browser tests) and Fashion-MNIST (a system data dir).
+SYSTEM_PACKAGES := chromium dataset-fashion-mnist
+
+.PHONY: demo test bench system-deps clean
+
+$(VENV)/.base: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.dev: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -e '.[dev]'
+	touch $(VENV)/.base $@
+
+demo: $(VENV)/.base
+	$(VENV)/bin/digitlab data info mnist
+	$(VENV)/bin/digitlab train --out runs/demo
+	$(VENV)/bin/digitlab reproduce
+
+# Installs the Debian packages when they are missing and we may (root, or passwordless sudo).
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else \
+	    echo "make: cannot install$$missing (not root); the tests that need them will be skipped"; exit 0; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+test: $(VENV)/.dev system-deps
+	$(PY) -m pytest -q --junitxml=$(VENV)/junit.xml
+	@$(PY) -c "import sys, xml.etree.ElementTree as E; s=E.parse('$(VENV)/junit.xml').getroot(); s=s if s.tag=='testsuite' else s[0]; ran=int(s.get('tests'))-int(s.get('skipped')); print(f'{ran} tests ran'); sys.exit(0 if ran>0 else 1)"
+
+bench: $(VENV)/.dev
+	$(PIP) install -e '.[bench]'
+	$(PY) bench/load_mnist.py
+	$(PY) bench/vs_torch.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,44 @@
+"""File-system helpers: every file digitlab writes goes through `atomic_write`.
+
+    with atomic_write("runs/x/model.safetensors") as f:
+        f.write(data)
+
+The data goes to a temporary file in the same folder and is renamed onto the target only after it was
+written and flushed completely, so a crash or Ctrl-C never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode: str = "wb", encoding: str | None = None):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=encoding if "b" not in mode else None) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path, data: bytes) -> Path:
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+    return Path(path)
+
+
+def atomic_write_text(path, text: str) -> Path:
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return Path(path)
