@@ -1,0 +1,213 @@
+"""Training recipes: one TOML file per recipe, shipped inside the package.
+
+    >>> from digitlab.recipes import load_recipe, list_recipes
+    >>> [r.name for r in list_recipes()]
+    ['mlp', 'seed-000-softmax', 'seed-001-softmax', ...]
+    >>> recipe = load_recipe("seed-004-mlp-relu", overrides={"epochs": 2})
+    >>> recipe.lr, recipe.hidden
+    (0.1, (300,))
+
+A recipe file holds the fields of `Recipe` (flat keys, see the dataclass for what each one means) plus a
+`[reported]` table with what the original notebook reported (`metric`, `value`, `note`) so that
+`digitlab reproduce` can compare. `load_recipe` also accepts a path to your own `.toml` file.
+Anything wrong in a file or an override raises `ConfigError` naming the recipe and the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from digitlab.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_RECIPE = "mlp"
+
+CHOICES = {
+    "split": ("standard", "pooled-sklearn"),
+    "normalization": ("unit", "raw", "standard"),
+    "dtype": ("float32", "float64"),
+    "activation": ("relu", "leaky_relu", "sigmoid", "tanh"),
+    "loss": ("softmax_ce", "softmax_mse", "sigmoid_bce"),
+    "optimizer": ("sgd", "momentum", "nesterov", "adam"),
+    "schedule": ("constant", "cosine", "step"),
+    "order": ("shuffle", "sequential", "replacement"),
+    "reported_metric": ("test_accuracy", "val_accuracy"),
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything a training run needs; the TOML files set these, `overrides` change them."""
+
+    name: str = "custom"
+    description: str = ""
+    system: str = ""  # what the original system was, for the `reproduce` table
+    # --- data ---
+    dataset: str = "mnist"  # a name digitlab.data knows: mnist, fashion-mnist, mnist-sample
+    split: str = "standard"  # "standard": the data set's train/test files; "pooled-sklearn": pool train+test,
+    #                          then split like sklearn train_test_split(test_size=test_fraction, random_state=split_seed)
+    test_fraction: float = 0.2  # only for split = "pooled-sklearn"
+    split_seed: int = 42  # only for split = "pooled-sklearn"
+    val_size: int = 0  # hold out this many training images (random, from `seed`) for validation; 0 = none
+    normalization: str = "unit"  # "unit" x/255, "raw" 0..255, "standard" (x/255 - 0.1307)/0.3081
+    dtype: str = "float32"  # or "float64"
+    # --- model ---
+    hidden: tuple[int, ...] = (300,)  # hidden layer widths; () = a linear model
+    activation: str = "relu"  # hidden activation
+    bias: bool = True  # biases in every Linear layer
+    init: tuple[str, ...] = ("he_normal",)  # per Linear layer ("normal:0.01" = N(0, 0.01)); the last entry repeats
+    dropout: float = 0.0  # dropout rate after each hidden activation
+    loss: str = "softmax_ce"  # softmax_ce | softmax_mse | sigmoid_bce (one-vs-rest)
+    # --- optimisation ---
+    optimizer: str = "sgd"  # sgd | momentum | nesterov | adam
+    lr: float = 0.1  # peak learning rate
+    momentum: float = 0.9  # for momentum / nesterov; beta1 for adam
+    weight_decay: float = 0.0  # L2 weight decay
+    schedule: str = "constant"  # constant | cosine (to 0 at the end) | step (x0.1 at 50 % and 75 %)
+    warmup_steps: int = 0  # linear warm-up steps before the schedule
+    # --- loop ---
+    epochs: int = 10  # passes over the training set (ignored when steps > 0)
+    steps: int = 0  # > 0: train for exactly this many steps instead (an "epoch" is then len(train)/batch steps)
+    batch_size: int = 128  # 0 = full batch
+    order: str = "shuffle"  # shuffle (new permutation each epoch) | sequential | replacement (sampled)
+    seed: int = 0  # one seed for init, validation split, order and dropout
+    checkpoint_every: int = 1  # write checkpoint.safetensors every this many epochs (and at the end)
+    # --- what the notebook reported ---
+    reported_metric: str = "test_accuracy"
+    reported: float | None = None  # 0..1, None when the notebook gave no final figure
+    reported_note: str = ""
+    target: float | None = None  # the figure digitlab's own run must reach (reproduce marks ok / MISSED)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Recipe)}
+TUPLE_FIELDS = {"hidden": int, "init": str}
+#: fields a user may override (everything but the bookkeeping)
+OVERRIDABLE = tuple(n for n in FIELDS if n not in ("name", "description", "system"))
+
+
+def _recipe_dir():
+    return resources.files("digitlab.recipes")
+
+
+def recipe_names() -> list[str]:
+    """Names of the recipes shipped with digitlab, sorted."""
+    return sorted(p.name[: -len(".toml")] for p in _recipe_dir().iterdir() if p.name.endswith(".toml"))
+
+
+def list_recipes() -> list[Recipe]:
+    return [load_recipe(n) for n in recipe_names()]
+
+
+def load_recipe(name: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Recipe `name` (shipped, or a path to a .toml file) with `overrides` applied and checked."""
+    text, label, stem = _read(name)
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"recipe {label}: not valid TOML ({exc})") from None
+    values = _flatten(raw, label)
+    values.setdefault("name", stem)
+    values.update(overrides or {})
+    return make_recipe(values, label)
+
+
+def make_recipe(values: dict[str, Any], label: str = "recipe") -> Recipe:
+    """Build and validate a `Recipe` from plain values (e.g. JSON read back from config.json)."""
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"{label}: unknown field(s) {', '.join(unknown)}; known: {', '.join(FIELDS)}")
+    clean = {k: _coerce(k, v, label) for k, v in values.items()}
+    recipe = Recipe(**clean)
+    _validate(recipe, label)
+    return recipe
+
+
+def _read(name) -> tuple[str, str, str]:
+    path = Path(name)
+    if path.suffix == ".toml":
+        if not path.is_file():
+            raise ConfigError(f"recipe file {path} does not exist")
+        return path.read_text(encoding="utf-8"), str(path), path.stem
+    resource = _recipe_dir() / f"{name}.toml"
+    if not resource.is_file():
+        raise ConfigError(f"no recipe named {name!r}; known recipes: {', '.join(recipe_names())}")
+    return resource.read_text(encoding="utf-8"), f"{name!r}", str(name)
+
+
+def _flatten(raw: dict, label: str) -> dict:
+    values = {k: v for k, v in raw.items() if k != "reported"}
+    reported = raw.get("reported", {})
+    if not isinstance(reported, dict):
+        raise ConfigError(f"recipe {label}: [reported] must be a table")
+    for key, value in reported.items():
+        target = {"metric": "reported_metric", "value": "reported", "note": "reported_note", "target": "target"}.get(key)
+        if target is None:
+            raise ConfigError(f"recipe {label}: unknown key reported.{key} (use metric, value, note, target)")
+        values[target] = value
+    return values
+
+
+def _coerce(key: str, value: Any, label: str) -> Any:
+    want = FIELDS[key].type
+    bad = ConfigError(f"{label}: field {key!r} = {value!r} has the wrong type (expected {want})")
+    if key in TUPLE_FIELDS:
+        if isinstance(value, (str, int)):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        item = TUPLE_FIELDS[key]
+        if not all(isinstance(v, item) and not isinstance(v, bool) for v in value):
+            raise bad
+        return tuple(value)
+    if key in ("reported", "target") and value is None:
+        return None
+    if want in ("float", "float | None"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if want == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+        raise bad
+    if want == "bool" and not isinstance(value, bool):
+        raise bad
+    if want == "str" and not isinstance(value, str):
+        raise bad
+    return value
+
+
+def _validate(r: Recipe, label: str) -> None:
+    for key, allowed in CHOICES.items():
+        if getattr(r, key) not in allowed:
+            raise ConfigError(f"{label}: {key} = {getattr(r, key)!r} is not one of {', '.join(allowed)}")
+    checks = [
+        (r.lr > 0, "lr must be > 0"),
+        (r.epochs >= 1 or r.steps >= 1, "epochs or steps must be >= 1"),
+        (r.steps >= 0, "steps must be >= 0"),
+        (r.batch_size >= 0, "batch_size must be >= 0 (0 = full batch)"),
+        (all(h >= 1 for h in r.hidden), "hidden widths must be >= 1"),
+        (0.0 <= r.dropout < 1.0, "dropout must be in [0, 1)"),
+        (r.val_size >= 0, "val_size must be >= 0"),
+        (0.0 < r.test_fraction < 1.0, "test_fraction must be between 0 and 1"),
+        (r.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
+        (r.weight_decay >= 0, "weight_decay must be >= 0"),
+        (r.warmup_steps >= 0, "warmup_steps must be >= 0"),
+        (len(r.init) >= 1, "init needs at least one initializer"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(f"{label}: {message}")
+    for key in ("reported", "target"):
+        value = getattr(r, key)
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{label}: {key} must be a fraction in [0, 1], got {value}")
+
+
+__all__ = ["DEFAULT_RECIPE", "Recipe", "list_recipes", "load_recipe", "make_recipe", "recipe_names"]
