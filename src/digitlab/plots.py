@@ -1,0 +1,474 @@
+"""Figures for understanding a model (matplotlib, Agg backend, PNG) and the per-run `report.md`.
+
+    from digitlab import plots
+    plots.plot_curves("runs/mlp", "curves.png")                      # loss + accuracy per epoch
+    plots.plot_weights(model, "weights.png")                          # linear templates / first-layer units
+    plots.plot_confusion(model, images, labels, "confusion.png")      # counts + row-normalised
+    plots.plot_mistakes(model, images, labels, "mistakes.png", n=36)  # most confident mistakes
+    plots.plot_samples(images, labels, "samples.png", per_class=10)   # a grid of examples per class
+    plots.write_run_report("runs/mlp", model, test_images, test_labels)  # all of the above + report.md
+
+or from the shell: `digitlab plot {curves,weights,confusion,mistakes,samples} ...` (see `digitlab.commands.plot`).
+
+Every figure has a fixed pixel size (`FIGURE_PIXELS`, at `DPI`), whatever the data, so a figure can be
+checked and laid out without opening it. Figures are `matplotlib.figure.Figure` objects rendered with the
+Agg canvas: no pyplot, no global state shared between calls. PNGs are rendered into memory and written
+atomically. Image grids (templates, units, mistakes, samples) are drawn as one montage image per panel,
+which keeps a full run report well under two seconds.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from digitlab.errors import DataError, DigitlabError
+from digitlab.fsutil import atomic_write_bytes, atomic_write_text
+
+DPI = 100
+# Pixel size (width, height) of every figure kind; the figure size in inches is this / DPI.
+FIGURE_PIXELS = {
+    "curves": (1000, 400),
+    "weights": (1000, 480),  # linear model: one 28x28 template per class
+    "units": (800, 860),  # MLP: a grid of first-layer units
+    "confusion": (1200, 560),
+    "mistakes": (1000, 1000),
+    "samples": (800, 800),
+}
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
+SIDE = 28  # MNIST images are SIDE x SIDE pixels
+MAX_UNITS = 64
+ROW_GAP = 2  # montage rows between two tiles stacked vertically
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A PNG written to `path`, `width` x `height` pixels."""
+
+    path: Path
+    width: int
+    height: int
+
+    def as_dict(self) -> dict:
+        return {"path": str(self.path), "width": self.width, "height": self.height}
+
+
+# --------------------------------------------------------------------------------------------- numbers
+def confusion_matrix(labels, predictions, n_classes: int) -> np.ndarray:
+    """Counts: row = true class, column = predicted class -> int64 (n_classes, n_classes)."""
+    labels = np.asarray(labels, dtype=np.int64)  # (N,)
+    predictions = np.asarray(predictions, dtype=np.int64)  # (N,)
+    if labels.shape != predictions.shape:
+        raise ValueError(f"labels {labels.shape} and predictions {predictions.shape} differ in shape")
+    flat = labels * n_classes + predictions  # (N,) index into the flattened matrix
+    return np.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def row_normalize(counts: np.ndarray) -> np.ndarray:
+    """Each row divided by its sum (a row with no samples stays 0) -> float64 (C, C)."""
+    totals = counts.sum(axis=1, keepdims=True)  # (C, 1)
+    return np.divide(counts, totals, out=np.zeros(counts.shape, dtype=np.float64), where=totals > 0)
+
+
+def confident_mistakes(proba, labels, n: int) -> np.ndarray:
+    """Indices of the `n` wrong predictions with the highest predicted probability, most confident first."""
+    proba = np.asarray(proba)  # (N, C)
+    labels = np.asarray(labels, dtype=np.int64)  # (N,)
+    predicted = proba.argmax(axis=1)  # (N,)
+    wrong = np.flatnonzero(predicted != labels)  # (M,)
+    confidence = proba[wrong, predicted[wrong]]  # (M,)
+    order = np.argsort(-confidence, kind="stable")[: max(n, 0)]  # (min(n, M),)
+    return wrong[order]
+
+
+def per_class_accuracy(counts: np.ndarray) -> np.ndarray:
+    """Diagonal / row sums of a confusion matrix (NaN for a class with no samples) -> float64 (C,)."""
+    totals = counts.sum(axis=1)  # (C,)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, np.diag(counts) / np.maximum(totals, 1), np.nan)
+
+
+# --------------------------------------------------------------------------------------------- history
+def read_history(path) -> dict[str, np.ndarray]:
+    """history.csv (or the run folder holding it) -> {column: float64 (E,)}; empty cells become NaN."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "history.csv"
+    if not path.parent.is_dir():
+        raise DataError(f"{path.parent}: run folder not found")
+    if not path.is_file():
+        raise DataError(f"{path}: no history.csv here (is this a digitlab run folder?)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read history ({exc})") from None
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows:
+        raise DataError(f"{path}: empty history file (expected a header row {','.join(HISTORY_COLUMNS)})")
+    header = [h.strip() for h in rows[0]]
+    missing = [c for c in ("epoch", "train_loss", "train_accuracy") if c not in header]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)} in header {','.join(header)}")
+    body = [r for r in rows[1:] if any(cell.strip() for cell in r)]
+    if not body:
+        raise DataError(f"{path}: no epochs recorded yet")
+    columns = {name: np.full(len(body), np.nan) for name in header}
+    for i, row in enumerate(body):
+        if len(row) != len(header):
+            raise DataError(f"{path}: line {i + 2} has {len(row)} fields, expected {len(header)}")
+        for name, cell in zip(header, row):
+            cell = cell.strip()
+            if cell:
+                try:
+                    columns[name][i] = float(cell)
+                except ValueError:
+                    raise DataError(f"{path}: line {i + 2}, column {name}: {cell!r} is not a number") from None
+    return columns
+
+
+# --------------------------------------------------------------------------------------------- drawing
+def _figure(kind: str):
+    from matplotlib.figure import Figure
+
+    width, height = FIGURE_PIXELS[kind]
+    return Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+
+
+def _save(fig, kind: str, out) -> Plot:
+    """Render `fig` to PNG in memory and write it atomically to `out`."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    out = Path(out)
+    atomic_write_bytes(out, buffer.getvalue())
+    width, height = FIGURE_PIXELS[kind]
+    return Plot(out, width, height)
+
+
+def _montage(tiles: np.ndarray, ncols: int, pad: int, top: int, fill: float) -> np.ndarray:
+    """(K, h, w) tiles -> one (rows*(top+h+2), ncols*(w+pad)) image; `top` rows above each tile hold a title,
+    `pad` columns separate tiles side by side, 2 rows separate them top to bottom."""
+    k, h, w = tiles.shape
+    rows = max(1, math.ceil(k / ncols))
+    cell_h, cell_w = top + h + ROW_GAP, w + pad
+    canvas = np.full((rows * cell_h, ncols * cell_w), fill, dtype=np.float32)
+    for i in range(k):  # K <= a few hundred tiles: one slice assignment each
+        r, c = divmod(i, ncols)
+        canvas[r * cell_h + top : r * cell_h + top + h, c * cell_w : c * cell_w + w] = tiles[i]
+    return canvas
+
+
+def _tile_titles(ax, titles, ncols: int, h: int, w: int, pad: int, top: int, fontsize: float, colors=None):
+    for i, title in enumerate(titles):
+        r, c = divmod(i, ncols)
+        x = c * (w + pad) + w / 2 - 0.5
+        y = r * (top + h + ROW_GAP) + top - 1.0
+        ax.text(x, y, title, ha="center", va="bottom", fontsize=fontsize,
+                color=None if colors is None else colors[i])
+
+
+def _bare(ax):
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def _as_images(images) -> np.ndarray:
+    """uint8/float images [N,28,28] or [N,784] -> float32 [N,28,28] in the image's own scale."""
+    arr = np.asarray(images)
+    if arr.ndim == 2 and arr.shape[1] == SIDE * SIDE:
+        arr = arr.reshape(-1, SIDE, SIDE)  # (N, 784) -> (N, 28, 28)
+    if arr.ndim != 3 or arr.shape[1:] != (SIDE, SIDE):
+        raise DataError(f"expected images of shape (N, 28, 28) or (N, 784), got {arr.shape}")
+    return arr.astype(np.float32, copy=False)
+
+
+def _class_names(model, n: int) -> list[str]:
+    names = list(getattr(model, "class_names", None) or [])
+    return names if len(names) == n else [str(i) for i in range(n)]
+
+
+def plot_curves(run_dir, out) -> Plot:
+    """Loss and accuracy per epoch (train, and validation where recorded) from RUN_DIR/history.csv."""
+    hist = read_history(run_dir)
+    epochs = hist["epoch"]  # (E,)
+    fig = _figure("curves")
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for ax, metric, label in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy")):
+        for split, style in (("train", "-o"), ("val", "-s")):
+            values = hist.get(f"{split}_{metric}")
+            if values is None or np.all(np.isnan(values)):
+                continue
+            name = "train" if split == "train" else "validation"
+            ax.plot(epochs, values, style, markersize=3, label=name)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="best")
+        if len(epochs) <= 20:
+            ax.set_xticks(epochs)
+    ax_loss.set_title("loss per epoch")
+    ax_acc.set_title("accuracy per epoch")
+    fig.suptitle(Path(run_dir).name if Path(run_dir).is_dir() else Path(run_dir).parent.name)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.85, wspace=0.25)  # fixed: no tight_layout pass
+    return _save(fig, "curves", out)
+
+
+def _to_numpy(array) -> np.ndarray:
+    get = getattr(array, "get", None)  # a CuPy array (digitlab.nn.backend on a GPU) -> host memory
+    return np.asarray(get() if callable(get) else array)
+
+
+def _first_layer_weights(model) -> tuple[np.ndarray, int]:
+    """(784, K) weights of the first layer that has them, and how many layers have weights."""
+    layers = [layer for layer in getattr(getattr(model, "net", None), "layers", []) if hasattr(layer, "W")]
+    if not layers:
+        raise DigitlabError("this model has no layer with weights to draw")
+    W = _to_numpy(layers[0].W)
+    if W.ndim != 2 or W.shape[0] != SIDE * SIDE:
+        raise DigitlabError(f"first-layer weights have shape {W.shape}; only (784, K) pixel weights can be drawn")
+    return W.astype(np.float32, copy=False), len(layers)
+
+
+def plot_weights(model, out, max_units: int = MAX_UNITS) -> Plot:
+    """Linear model: one 28x28 template per class on a diverging colormap centred on 0 (shared scale).
+    Deeper model: the first `max_units` first-layer units, each scaled to its own max |w|, centred on 0."""
+    W, n_weighted = _first_layer_weights(model)  # (784, K)
+    if n_weighted == 1:
+        return _plot_templates(W, _class_names(model, W.shape[1]), out)
+    return _plot_units(W[:, :max_units], out)
+
+
+def _plot_templates(W: np.ndarray, names: list[str], out) -> Plot:
+    tiles = W.T.reshape(-1, SIDE, SIDE)  # (784, C) -> (C, 28, 28)
+    limit = float(np.abs(W).max()) or 1.0
+    ncols = min(5, len(tiles))
+    pad, top = 3, 7
+    fig = _figure("weights")
+    ax = fig.add_axes((0.01, 0.02, 0.88, 0.86))
+    image = ax.imshow(_montage(tiles, ncols, pad, top, 0.0), cmap="RdBu_r", vmin=-limit, vmax=limit,
+                      interpolation="nearest")
+    _tile_titles(ax, [f"class {n}" for n in names], ncols, SIDE, SIDE, pad, top, fontsize=11)
+    _bare(ax)
+    cax = fig.add_axes((0.91, 0.1, 0.02, 0.72))
+    fig.colorbar(image, cax=cax, label="weight")
+    fig.suptitle("weight template per class (red = evidence for, blue = against)")
+    return _save(fig, "weights", out)
+
+
+def _plot_units(W: np.ndarray, out) -> Plot:
+    scale = np.abs(W).max(axis=0, keepdims=True)  # (1, K)
+    tiles = (W / np.where(scale > 0, scale, 1.0)).T.reshape(-1, SIDE, SIDE)  # (784, K) -> (K, 28, 28) in [-1, 1]
+    ncols = math.ceil(math.sqrt(len(tiles)))
+    fig = _figure("units")
+    ax = fig.add_axes((0.02, 0.02, 0.96, 0.91))
+    ax.imshow(_montage(tiles, ncols, 2, 0, 0.0), cmap="RdBu_r", vmin=-1.0, vmax=1.0, interpolation="nearest")
+    _bare(ax)
+    fig.suptitle(f"first {len(tiles)} first-layer units (each scaled to its own max |w|; red +, blue -)")
+    return _save(fig, "units", out)
+
+
+def plot_confusion_matrix(counts: np.ndarray, names: list[str], out, title: str = "") -> Plot:
+    """Two panels: raw counts and row-normalised fractions (rows = true class, columns = predicted)."""
+    fractions = row_normalize(counts)  # (C, C)
+    fig = _figure("confusion")
+    axes = fig.subplots(1, 2)
+    c = counts.shape[0]
+    for ax, data, fmt, name in ((axes[0], counts, "d", "counts"), (axes[1], fractions, ".2f", "row-normalised")):
+        shown = np.log1p(counts) if name == "counts" else fractions  # log colour scale: the diagonal dwarfs errors
+        ax.imshow(shown, cmap="Blues", interpolation="nearest")
+        threshold = shown.max() / 2 if shown.max() > 0 else 1
+        fontsize = 8 if c <= 10 else 6
+        for i in range(c):
+            for j in range(c):
+                value = data[i, j]
+                if value > 0 and (name == "counts" or value >= 0.005 or i == j):  # blank cells stay blank
+                    ax.text(j, i, format(value, fmt), ha="center", va="center", fontsize=fontsize,
+                            color="white" if shown[i, j] > threshold else "black")
+        ax.set_xticks(range(c), names)
+        ax.set_yticks(range(c), names)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(name)
+    accuracy = np.trace(counts) / max(int(counts.sum()), 1)
+    fig.suptitle(f"{title + ': ' if title else ''}{int(counts.sum())} images, accuracy {accuracy:.2%}")
+    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.1, top=0.88, wspace=0.15)  # fixed: no tight_layout pass
+    return _save(fig, "confusion", out)
+
+
+def plot_confusion(model, images, labels, out, title: str = "") -> Plot:
+    """Confusion matrix of `model` on (images, labels): counts and row-normalised."""
+    predictions = np.asarray(model.predict(images))  # (N,)
+    n_classes = len(_class_names(model, 0)) or int(max(predictions.max(initial=0), np.max(labels, initial=0)) + 1)
+    names = _class_names(model, n_classes)
+    return plot_confusion_matrix(confusion_matrix(labels, predictions, n_classes), names, out, title)
+
+
+def plot_mistakes_from_proba(images, labels, proba, names: list[str], out, n: int = 36) -> Plot:
+    """The `n` most confident mistakes, each titled "true 4 → pred 9 (0.98)", most confident first."""
+    proba = np.asarray(proba)  # (N, C)
+    labels = np.asarray(labels, dtype=np.int64)  # (N,)
+    index = confident_mistakes(proba, labels, n)  # (K,)
+    predicted = proba[index].argmax(axis=1)  # (K,)
+    fig = _figure("mistakes")
+    ax = fig.add_axes((0.01, 0.01, 0.98, 0.93))
+    _bare(ax)
+    if len(index) == 0:
+        ax.text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=16, transform=ax.transAxes)
+    else:
+        tiles = _as_images(images)[index]  # (K, 28, 28)
+        ncols = max(1, math.ceil(math.sqrt(n)))
+        pad, top = 9, 7  # wide gaps: each title is wider than its 28-px digit
+        ax.imshow(_montage(tiles, ncols, pad, top, 0.0), cmap="gray_r", interpolation="nearest",
+                  vmin=0, vmax=float(tiles.max()) or 1.0)
+        titles = [f"true {names[t]} → pred {names[p]} ({proba[i, p]:.2f})"
+                  for i, t, p in zip(index, labels[index], predicted)]
+        _tile_titles(ax, titles, ncols, SIDE, SIDE, pad, top, fontsize=min(8.0, 48.0 / ncols))
+    wrong = int((proba.argmax(axis=1) != labels).sum())
+    fig.suptitle(f"{len(index)} most confident of {wrong} mistakes on {len(labels)} images")
+    return _save(fig, "mistakes", out)
+
+
+def plot_mistakes(model, images, labels, out, n: int = 36) -> Plot:
+    """The `n` most confident mistakes of `model` on (images, labels)."""
+    proba = np.asarray(model.predict_proba(images))  # (N, C)
+    return plot_mistakes_from_proba(images, labels, proba, _class_names(model, proba.shape[1]), out, n)
+
+
+def plot_samples(images, labels, out, per_class: int = 10, class_names: list[str] | None = None,
+                 title: str = "") -> Plot:
+    """A grid with one row per class (its name as the row label) and the first `per_class` examples of it."""
+    images = _as_images(images)  # (N, 28, 28)
+    labels = np.asarray(labels, dtype=np.int64)  # (N,)
+    if per_class < 1:
+        raise DigitlabError(f"--per-class must be at least 1, got {per_class}")
+    n_classes = len(class_names) if class_names else int(labels.max(initial=-1)) + 1
+    names = list(class_names) if class_names else [str(i) for i in range(n_classes)]
+    pad = 2
+    tiles = np.zeros((n_classes * per_class, SIDE, SIDE), dtype=np.float32)  # (C*K, 28, 28)
+    for c in range(n_classes):  # one vectorised pick per class
+        picked = np.flatnonzero(labels == c)[:per_class]
+        tiles[c * per_class : c * per_class + len(picked)] = images[picked]
+    fig = _figure("samples")
+    ax = fig.add_axes((0.1, 0.02, 0.88, 0.9))
+    ax.imshow(_montage(tiles, per_class, pad, 0, 0.0), cmap="gray_r", interpolation="nearest",
+              vmin=0, vmax=float(tiles.max()) or 1.0)
+    _bare(ax)
+    ax.set_yticks([c * (SIDE + ROW_GAP) + SIDE / 2 - 0.5 for c in range(n_classes)], names)
+    ax.tick_params(axis="y", length=0, labelsize=10)
+    fig.suptitle(title or f"{per_class} examples per class")
+    return _save(fig, "samples", out)
+
+
+# --------------------------------------------------------------------------------------------- report
+FIGURE_FILES = ("curves.png", "weights.png", "confusion.png", "mistakes.png")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not readable JSON ({exc})") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _fmt(value) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1000 else f"{value:.1f}"
+    if isinstance(value, (list, tuple)) and len(value) > 6:
+        return f"[{len(value)} values]"
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)[:120]
+    return str(value)
+
+
+def _metric_rows(summary: dict, model_metrics: dict, accuracy: float, n: int) -> list[tuple[str, str, str]]:
+    rows = [("test accuracy (this report)", f"{accuracy:.4f}", f"{n} images")]
+    for source, metrics in (("summary.json", summary), ("model metadata", model_metrics)):
+        for key, value in sorted(metrics.items()):
+            if isinstance(value, (dict, list)) and key in ("per_class", "history", "epoch_seconds"):
+                continue
+            rows.append((key, _fmt(value), source))
+    return rows
+
+
+def write_run_report(run_dir, model, test_images, test_labels, n_mistakes: int = 36) -> Path:
+    """Write curves.png (when history.csv exists), weights.png, confusion.png, mistakes.png and report.md
+    into `run_dir`; returns the path of report.md. One predict pass is shared by the confusion matrix,
+    the mistakes and the per-class table."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DataError(f"{run_dir}: run folder not found")
+    labels = np.asarray(test_labels, dtype=np.int64)  # (N,)
+    proba = np.asarray(model.predict_proba(test_images))  # (N, C)
+    predictions = proba.argmax(axis=1)  # (N,)
+    names = _class_names(model, proba.shape[1])
+    counts = confusion_matrix(labels, predictions, proba.shape[1])  # (C, C)
+    accuracy = float(np.trace(counts) / max(len(labels), 1))
+
+    figures: dict[str, str] = {}
+    history_note = ""
+    if (run_dir / "history.csv").is_file():
+        plot_curves(run_dir, run_dir / "curves.png")
+        figures["Learning curves"] = "curves.png"
+    else:
+        history_note = "_No history.csv in this folder, so no learning curves._\n\n"
+    try:
+        plot_weights(model, run_dir / "weights.png")
+        figures["Weights"] = "weights.png"
+    except DigitlabError as exc:  # e.g. a convolutional first layer: the report goes on without it
+        history_note += f"_Weights not drawn: {exc}._\n\n"
+    plot_confusion_matrix(counts, names, run_dir / "confusion.png", title="test set")
+    figures["Confusion matrix (test set)"] = "confusion.png"
+    plot_mistakes_from_proba(test_images, labels, proba, names, run_dir / "mistakes.png", n_mistakes)
+    figures["Most confident mistakes"] = "mistakes.png"
+
+    metadata = getattr(model, "metadata", {}) or {}
+    summary = _read_json(run_dir / "summary.json")
+    config = _read_json(run_dir / "config.json") or metadata.get("recipe") or {}
+    text = _report_markdown(run_dir.name, metadata, summary, config, counts, names, accuracy, len(labels),
+                            figures, history_note)
+    return atomic_write_text(run_dir / "report.md", text)
+
+
+def _report_markdown(name, metadata, summary, config, counts, names, accuracy, n, figures, note) -> str:
+    lines = [f"# Run report: {name}", ""]
+    recipe = config.get("name") or metadata.get("recipe", {}).get("name") if isinstance(config, dict) else None
+    facts = [("recipe", recipe), ("loss", metadata.get("loss")), ("normalization", metadata.get("normalization")),
+             ("dataset", metadata.get("dataset")), ("seed", metadata.get("seed"))]
+    facts = [(k, v) for k, v in facts if v not in (None, "", {})]
+    if facts:
+        lines += [", ".join(f"**{k}**: {_fmt(v)}" for k, v in facts), ""]
+    lines += ["## Metrics", "", "| metric | value | source |", "|---|---|---|"]
+    model_metrics = metadata.get("metrics") if isinstance(metadata.get("metrics"), dict) else {}
+    lines += [f"| {k} | {v} | {s} |" for k, v, s in _metric_rows(summary, model_metrics, accuracy, n)]
+    lines += ["", "## Per-class accuracy (test set)", "", "| class | accuracy | images | most often mistaken for |",
+              "|---|---|---|---|"]
+    per_class = per_class_accuracy(counts)
+    off = counts.copy()
+    np.fill_diagonal(off, 0)
+    for c, name in enumerate(names):
+        worst = int(off[c].argmax())
+        confused = f"{names[worst]} ({int(off[c, worst])}×)" if off[c, worst] > 0 else "—"
+        acc = "—" if np.isnan(per_class[c]) else f"{per_class[c]:.4f}"
+        lines.append(f"| {name} | {acc} | {int(counts[c].sum())} | {confused} |")
+    lines += ["", "## Figures", "", note.rstrip("\n")] if note else ["", "## Figures", ""]
+    for title, file in figures.items():
+        lines += [f"### {title}", "", f"![{title}]({file})", ""]
+    if config:
+        lines += ["## Recipe / configuration", "", "```json", json.dumps(config, indent=2, sort_keys=True,
+                                                                              default=str), "```", ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
