@@ -1,0 +1,330 @@
+"""The web app's JSON API through FastAPI's TestClient, plus `digitlab serve` itself.
+
+    .venv/bin/python -m pytest tests/test_web_api.py -q
+
+Uses the session's real trained model (`trained_mlp`) and real MNIST test digits rendered as PNG files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# starlette's TestClient warns that it runs on httpx; that is its business, not ours.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+LIMIT = 5 * 1024 * 1024
+
+
+# ---------- helpers and fixtures ----------
+
+def png_bytes(image: np.ndarray, scale: int = 4, invert: bool = False) -> bytes:
+    """uint8 [H, W] (255 = ink) -> PNG bytes, upscaled like a drawing; `invert` gives dark ink on white."""
+    from PIL import Image
+
+    img = Image.fromarray(255 - image if invert else image, mode="L")
+    img = img.resize((image.shape[1] * scale, image.shape[0] * scale), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def decode_png(b64: str) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(base64.b64decode(b64))) as img:
+        assert img.format == "PNG"
+        return np.asarray(img.convert("L"))
+
+
+@pytest.fixture(scope="module")
+def model(trained_mlp):
+    return trained_mlp.model
+
+
+@pytest.fixture(scope="module")
+def client(model):
+    from fastapi.testclient import TestClient
+
+    from digitlab.web import create_app
+
+    with TestClient(create_app(model)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def digits(mnist_dir):
+    """64 MNIST test digits (uint8 [64, 28, 28]) and their labels."""
+    import digitlab.data
+
+    images, labels = digitlab.data.load("mnist", split="test", data_dir=mnist_dir)
+    return np.asarray(images[:64]), np.asarray(labels[:64], dtype=np.int64)
+
+
+# ---------- happy path ----------
+
+def test_page_and_static_files_are_served(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<canvas id="pad"' in page.text and 'aria-live="polite"' in page.text
+    for path, kind in (("/static/app.js", "javascript"), ("/static/style.css", "text/css")):
+        r = client.get(path)
+        assert r.status_code == 200 and kind in r.headers["content-type"], path
+    # no CDN, no build step: the page only refers to its own files
+    for text in (page.text, client.get("/static/app.js").text, client.get("/static/style.css").text):
+        assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", text)
+        assert "@import" not in text
+
+
+def test_mnist_digits_as_png_predict_their_labels(client, model, digits):
+    from digitlab.images import load_image, to_mnist
+
+    images, labels = digits
+    answers = []
+    for image, label in zip(images[:20], labels[:20]):
+        data = png_bytes(image)
+        r = client.post("/api/predict", content=data, headers={"content-type": "image/png"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert set(body) >= {"digit", "probabilities", "top", "input_png"}
+        probs = np.array(body["probabilities"])
+        assert probs.shape == (10,) and np.all(probs >= 0) and abs(probs.sum() - 1) < 1e-4
+        assert body["digit"] == int(np.argmax(probs)) == body["top"][0]["digit"]
+        top_p = [t["probability"] for t in body["top"]]
+        assert top_p == sorted(top_p, reverse=True)
+        # the 28x28 shown is exactly what the library's preprocessing makes of this file
+        seen = decode_png(body["input_png"])
+        expected, found = to_mnist(load_image(data))
+        assert found and seen.shape == (28, 28) and np.array_equal(seen, expected)
+        assert body["digit"] == int(model.predict(expected[None])[0])
+        answers.append(body["digit"])
+    correct = int(np.sum(np.array(answers) == labels[:20]))
+    assert correct >= 18, f"only {correct}/20 MNIST test digits answered right: {answers} vs {labels[:20].tolist()}"
+
+
+def test_multipart_upload_and_dark_on_light_give_the_same_digit(client, digits):
+    images, labels = digits
+    for image in images[:5]:
+        raw = client.post("/api/predict", content=png_bytes(image), headers={"content-type": "image/png"}).json()
+        multi = client.post("/api/predict", files={"file": ("digit.png", png_bytes(image), "image/png")}).json()
+        assert multi == raw
+        inverted = client.post("/api/predict", content=png_bytes(image, invert=True)).json()
+        assert inverted["digit"] == raw["digit"]
+
+
+def test_blank_canvas_gives_no_digit(client):
+    for value in (0, 255):
+        blank = np.full((70, 70), value, dtype=np.uint8)
+        r = client.post("/api/predict", content=png_bytes(blank), headers={"content-type": "image/png"})
+        assert r.status_code == 200, r.text
+        assert r.json()["digit"] is None
+
+
+def test_model_info_and_health(client, model):
+    info = client.get("/api/model").json()
+    assert info["class_names"] == list(model.class_names) and len(info["class_names"]) == 10
+    assert info["recipe"] == model.metadata["recipe"]
+    assert info["metrics"] == model.metadata["metrics"]
+    assert info["digitlab_version"] == model.metadata["digitlab_version"]
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_openapi_docs_describe_the_api(client):
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    spec = client.get("/openapi.json").json()
+    assert {"/api/predict", "/api/model", "/healthz"} <= set(spec["paths"])
+    body = spec["paths"]["/api/predict"]["post"]["requestBody"]["content"]
+    assert "multipart/form-data" in body and "image/png" in body
+    assert "file" in body["multipart/form-data"]["schema"]["properties"]
+    assert {"413", "415", "422"} <= set(spec["paths"]["/api/predict"]["post"]["responses"])
+
+
+# ---------- refusals ----------
+
+def test_declared_oversize_upload_is_refused(client):
+    r = client.post("/api/predict", content=b"\0" * (LIMIT + 1), headers={"content-type": "image/png"})
+    assert r.status_code == 413 and "5 MB" in r.json()["detail"]
+
+
+def test_streamed_oversize_upload_without_length_is_refused(client):
+    def chunks():  # chunked transfer: no Content-Length at all
+        for _ in range(LIMIT // 65536 + 10):
+            yield b"\x89PNG" + b"\0" * 65532
+
+    r = client.post("/api/predict", content=chunks(), headers={"content-type": "image/png"})
+    assert r.status_code == 413
+
+
+@pytest.mark.parametrize("multipart", [False, True])
+def test_lying_content_length_stops_reading_at_the_limit(model, multipart):
+    """An endless body under a small Content-Length: the app answers 413 after reading just past the limit."""
+    from digitlab.web import create_app
+
+    limit = 100_000
+    app = create_app(model, max_upload_bytes=limit)
+    chunk = b"x" * 4096
+    pulled = 0
+    sent = []
+
+    async def receive():
+        nonlocal pulled
+        pulled += len(chunk)
+        if pulled > 50 * limit:  # the app kept reading: end it so the test fails instead of hanging
+            return {"type": "http.request", "body": b"", "more_body": False}
+        if multipart and pulled == len(chunk):
+            head = b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+            return {"type": "http.request", "body": head + chunk[len(head):], "more_body": True}
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    async def send(message):
+        sent.append(message)
+
+    content_type = b"multipart/form-data; boundary=XyZ" if multipart else b"image/png"
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/api/predict", "raw_path": b"/api/predict", "query_string": b"", "root_path": "",
+        "headers": [(b"host", b"test"), (b"content-length", b"1000"), (b"content-type", content_type)],
+        "client": ("127.0.0.1", 1), "server": ("test", 80),
+    }
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    assert start["status"] == 413
+    assert pulled <= limit + 2 * len(chunk)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "words"),
+    [
+        (b"hello, this is text", "text/plain", 415, "not an image"),
+        (b'{"image": [0, 1, 2]}', "application/json", 415, "not an image"),
+        (b"", "image/png", 422, "empty"),
+    ],
+)
+def test_bad_bodies_are_refused_with_a_message(client, body, content_type, status, words):
+    r = client.post("/api/predict", content=body, headers={"content-type": content_type})
+    assert r.status_code == status
+    assert words in r.json()["detail"]
+
+
+def test_broken_images_are_refused_with_a_message(client, digits):
+    good = png_bytes(digits[0][0], scale=10)
+    for broken in (good[: len(good) // 2], good[:60] + b"\0" * 200):
+        r = client.post("/api/predict", content=broken, headers={"content-type": "image/png"})
+        assert r.status_code in (415, 422), r.text
+        assert r.json()["detail"]
+    r = client.post("/api/predict", files={"file": ("a.png", good[: len(good) // 2], "image/png")})
+    assert r.status_code in (415, 422)
+
+
+def test_multipart_without_file_field_is_refused(client, digits):
+    r = client.post("/api/predict", files={"image": ("a.png", png_bytes(digits[0][0]), "image/png")})
+    assert r.status_code == 422 and '"file"' in r.json()["detail"]
+    r = client.post("/api/predict", data={"file": "not a file"})
+    assert r.status_code == 422
+
+
+def test_no_request_path_reaches_the_file_system(client):
+    for path in (
+        "/static/../app.py",
+        "/static/%2e%2e/app.py",
+        "/static/..%2fapp.py",
+        "/static/%2e%2e/%2e%2e/%2e%2e/pyproject.toml",
+        "/static//etc/passwd",
+        "/static/%2fetc%2fpasswd",
+        "/etc/passwd",
+        "/../../pyproject.toml",
+    ):
+        r = client.get(path)
+        assert r.status_code == 404, path
+        assert "root:" not in r.text and "create_app" not in r.text
+    assert client.get("/api/predict").status_code == 405
+
+
+# ---------- concurrency ----------
+
+def test_concurrent_requests_give_the_same_answers_as_sequential(client, digits):
+    images, _ = digits
+    bodies = [png_bytes(img, scale=3 + i % 3, invert=bool(i % 2)) for i, img in enumerate(images)]
+
+    def ask(data):
+        r = client.post("/api/predict", content=data, headers={"content-type": "image/png"})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    sequential = [ask(b) for b in bodies]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        parallel = list(pool.map(ask, bodies))
+    assert parallel == sequential
+    assert len({a["digit"] for a in sequential}) >= 8  # many different answers were in flight at once
+
+
+# ---------- digitlab serve ----------
+
+def test_newest_model_picks_the_latest_run(tmp_path):
+    from digitlab.commands.serve import newest_model
+
+    assert newest_model(tmp_path / "missing") is None
+    assert newest_model(tmp_path) is None
+    for name, age_s in (("b-run", 30), ("a-run", 10), ("c-run", 20)):
+        f = tmp_path / name / "model.safetensors"
+        f.parent.mkdir()
+        f.write_bytes(b"x")
+        os.utime(f, (time.time() - age_s, time.time() - age_s))
+    (tmp_path / "d-run").mkdir()  # a run without a model is ignored
+    assert newest_model(tmp_path) == tmp_path / "a-run" / "model.safetensors"
+
+
+def test_serve_refuses_bad_arguments_with_one_line(tmp_path, capsys):
+    from digitlab.cli import main
+
+    assert main(["serve", str(tmp_path / "nope.safetensors")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("digitlab: error:") and "nope.safetensors" in err and err.count("\n") == 1
+    bogus = tmp_path / "bogus.safetensors"
+    bogus.write_bytes(b"this is not a model")
+    assert main(["serve", str(bogus)]) == 1
+    assert "bogus.safetensors" in capsys.readouterr().err
+    assert main(["serve", str(bogus), "--port", "70000"]) == 1
+    assert "70000" in capsys.readouterr().err
+
+
+def test_serve_command_serves_a_model(trained_mlp, tmp_path):
+    """`digitlab serve MODEL --port 0 --json` prints its URL and answers over real HTTP until terminated."""
+    import httpx
+
+    cmd = [sys.executable, "-m", "digitlab", "serve", str(trained_mlp.model_path), "--port", "0", "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        lines = []
+        while not lines or lines[-1] != "}\n":
+            line = proc.stdout.readline()
+            assert line, f"serve exited early: {proc.stderr.read()}"
+            lines.append(line)
+        started = json.loads("".join(lines))
+        assert started["url"].startswith("http://127.0.0.1:") and started["port"] > 0
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                health = httpx.get(started["url"] + "healthz", timeout=5)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "server never answered"
+                time.sleep(0.1)
+        assert health.json() == {"status": "ok"}
+        assert httpx.get(started["url"], timeout=5).text.count("<canvas") == 1
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
