@@ -98,10 +98,10 @@ def per_class_accuracy(counts: np.ndarray) -> np.ndarray:
 def read_history(path) -> dict[str, np.ndarray]:
     """history.csv (or the run folder holding it) -> {column: float64 (E,)}; empty cells become NaN."""
     path = Path(path)
-    if path.is_dir():
+    if path.suffix.lower() != ".csv":  # a run folder
+        if not path.is_dir():
+            raise DataError(f"{path}: run folder not found")
         path = path / "history.csv"
-    if not path.parent.is_dir():
-        raise DataError(f"{path.parent}: run folder not found")
     if not path.is_file():
         raise DataError(f"{path}: no history.csv here (is this a digitlab run folder?)")
     try:
@@ -223,17 +223,14 @@ def plot_curves(run_dir, out) -> Plot:
     return _save(fig, "curves", out)
 
 
-def _to_numpy(array) -> np.ndarray:
-    get = getattr(array, "get", None)  # a CuPy array (digitlab.nn.backend on a GPU) -> host memory
-    return np.asarray(get() if callable(get) else array)
-
-
 def _first_layer_weights(model) -> tuple[np.ndarray, int]:
     """(784, K) weights of the first layer that has them, and how many layers have weights."""
     layers = [layer for layer in getattr(getattr(model, "net", None), "layers", []) if hasattr(layer, "W")]
     if not layers:
         raise DigitlabError("this model has no layer with weights to draw")
-    W = _to_numpy(layers[0].W)
+    from digitlab.nn.backend import to_numpy  # weights may live on a GPU
+
+    W = to_numpy(layers[0].W)
     if W.ndim != 2 or W.shape[0] != SIDE * SIDE:
         raise DigitlabError(f"first-layer weights have shape {W.shape}; only (784, K) pixel weights can be drawn")
     return W.astype(np.float32, copy=False), len(layers)

@@ -1,0 +1,179 @@
+"""`digitlab plot KIND ...`: PNG figures of a run, a model or a data set (see `digitlab.plots`).
+
+    digitlab plot curves runs/mlp                          # -> runs/mlp/curves.png
+    digitlab plot weights runs/softmax/model.safetensors   # -> runs/softmax/weights.png
+    digitlab plot confusion runs/mlp/model.safetensors --split test
+    digitlab plot mistakes runs/mlp/model.safetensors --n 36 --out mistakes.png
+    digitlab plot samples mnist --per-class 10             # -> ./samples-mnist.png
+    digitlab plot curves runs/mlp --json                   # {"path": ..., "width": ..., "height": ...}
+
+Model plots are written next to the model (its run folder) unless `--out` says otherwise; figures of the
+test split keep the names `write_run_report` uses (confusion.png, mistakes.png), other splits get the split
+in the name (confusion-train.png). matplotlib is imported only when a plot is drawn.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from digitlab.commands._common import add_json_flag, emit
+
+SPLITS = ("train", "val", "test")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "plot",
+        help="draw learning curves, weights, confusion matrices, mistakes or samples as PNG",
+        description="Draw a PNG figure of a run, a model or a data set.",
+    )
+    kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
+
+    c = kinds.add_parser("curves", help="loss and accuracy per epoch from RUN_DIR/history.csv",
+                         description="Loss and accuracy per epoch, train and validation, from RUN_DIR/history.csv.")
+    c.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a run folder (or its history.csv)")
+    _add_out(c, "RUN_DIR/curves.png")
+    c.set_defaults(func=cmd_curves)
+
+    w = kinds.add_parser("weights", help="linear templates or first-layer units of a model",
+                         description="The ten 28x28 templates of a linear model (diverging colormap centred on 0) "
+                                     "or a grid of first-layer units of a deeper model.")
+    w.add_argument("model", metavar="MODEL", type=Path, help="a model file (model.safetensors)")
+    w.add_argument("--units", type=int, default=64, help="how many first-layer units to draw for a deeper model")
+    _add_out(w, "weights.png next to MODEL")
+    w.set_defaults(func=cmd_weights)
+
+    f = kinds.add_parser("confusion", help="confusion matrix (counts and row-normalised) of a model",
+                         description="Confusion matrix of a model on a data split: counts and row-normalised.")
+    f.add_argument("model", metavar="MODEL", type=Path, help="a model file (model.safetensors)")
+    _add_data_flags(f)
+    _add_out(f, "confusion.png next to MODEL (confusion-SPLIT.png for other splits)")
+    f.set_defaults(func=cmd_confusion)
+
+    m = kinds.add_parser("mistakes", help="the most confident mistakes of a model",
+                         description="The most confident mistakes of a model, titled 'true 4 → pred 9 (0.98)'.")
+    m.add_argument("model", metavar="MODEL", type=Path, help="a model file (model.safetensors)")
+    m.add_argument("--n", type=int, default=36, help="how many mistakes to show")
+    _add_data_flags(m)
+    _add_out(m, "mistakes.png next to MODEL (mistakes-SPLIT.png for other splits)")
+    m.set_defaults(func=cmd_mistakes)
+
+    s = kinds.add_parser("samples", help="a grid of examples per class of a data set",
+                         description="A grid with one row of examples per class, class names as row labels.")
+    s.add_argument("dataset", metavar="DATASET", type=str, help="data set name: mnist, fashion-mnist, mnist-sample")
+    s.add_argument("--per-class", type=int, default=10, help="examples per class (the first ones of the split)")
+    s.add_argument("--split", type=str, default="train", choices=SPLITS, help="which split to draw from")
+    s.add_argument("--data-dir", type=Path, default=None, help="folder holding the data files (default: the cache)")
+    _add_out(s, "./samples-DATASET.png")
+    s.set_defaults(func=cmd_samples)
+
+
+def _add_out(parser, default_text: str) -> None:
+    parser.add_argument("--out", type=Path, default=None, help=f"PNG file to write (default: {default_text})")
+    add_json_flag(parser)
+
+
+def _add_data_flags(parser) -> None:
+    parser.add_argument("--dataset", type=str, default=None,
+                        help="data set to evaluate on (default: the one the model was trained on, else mnist)")
+    parser.add_argument("--split", type=str, default="test", choices=SPLITS, help="which split to evaluate on")
+    parser.add_argument("--data-dir", type=Path, default=None, help="folder holding the data files (default: the cache)")
+
+
+def _report(args, plot) -> int:
+    emit(args, plot.as_dict(), f"wrote {plot.path} ({plot.width}×{plot.height} px)")
+    return 0
+
+
+def _model_out(args, name: str) -> Path:
+    if args.out is not None:
+        return args.out
+    split = getattr(args, "split", "test")
+    stem = name if split == "test" else f"{name}-{split}"
+    return args.model.parent / f"{stem}.png"
+
+
+def _dataset_of(model, requested: str | None) -> str:
+    if requested:
+        return requested
+    recorded = (getattr(model, "metadata", None) or {}).get("dataset")
+    if isinstance(recorded, dict):
+        recorded = recorded.get("name")
+    return recorded if isinstance(recorded, str) and recorded else "mnist"
+
+
+def _load_split(dataset: str, split: str, data_dir):
+    import digitlab.data
+
+    images, labels = digitlab.data.load(dataset, split=split, data_dir=data_dir)
+    return images, labels
+
+
+def cmd_curves(args) -> int:
+    from digitlab import plots
+
+    run_dir = args.run_dir
+    out = args.out or (run_dir if run_dir.is_dir() else run_dir.parent) / "curves.png"
+    return _report(args, plots.plot_curves(run_dir, out))
+
+
+def cmd_weights(args) -> int:
+    import digitlab
+    from digitlab import plots
+    from digitlab.errors import ConfigError, DigitlabError
+
+    if args.units < 1:
+        raise ConfigError(f"--units must be at least 1, got {args.units}")
+    model = digitlab.load(args.model)
+    try:
+        plot = plots.plot_weights(model, _model_out(args, "weights"), max_units=args.units)
+    except DigitlabError as exc:
+        raise type(exc)(f"{args.model}: {exc}") from None
+    return _report(args, plot)
+
+
+def cmd_confusion(args) -> int:
+    import digitlab
+    from digitlab import plots
+
+    model = digitlab.load(args.model)
+    dataset = _dataset_of(model, args.dataset)
+    images, labels = _load_split(dataset, args.split, args.data_dir)
+    plot = plots.plot_confusion(model, images, labels, _model_out(args, "confusion"), title=f"{dataset} {args.split}")
+    return _report(args, plot)
+
+
+def cmd_mistakes(args) -> int:
+    import digitlab
+    from digitlab import plots
+    from digitlab.errors import ConfigError
+
+    if args.n < 1:
+        raise ConfigError(f"--n must be at least 1, got {args.n}")
+    model = digitlab.load(args.model)
+    images, labels = _load_split(_dataset_of(model, args.dataset), args.split, args.data_dir)
+    return _report(args, plots.plot_mistakes(model, images, labels, _model_out(args, "mistakes"), n=args.n))
+
+
+def cmd_samples(args) -> int:
+    from digitlab import plots
+    from digitlab.errors import ConfigError
+
+    if args.per_class < 1:
+        raise ConfigError(f"--per-class must be at least 1, got {args.per_class}")
+    images, labels = _load_split(args.dataset, args.split, args.data_dir)
+    out = args.out or Path(f"samples-{args.dataset}.png")
+    names = _class_names_of(args.dataset)
+    plot = plots.plot_samples(images, labels, out, per_class=args.per_class, class_names=names,
+                              title=f"{args.dataset} ({args.split}): {args.per_class} examples per class")
+    return _report(args, plot)
+
+
+def _class_names_of(dataset: str) -> list[str] | None:
+    """Class names the data package knows for `dataset` (e.g. Fashion-MNIST's), else None (digits 0-9)."""
+    import digitlab.data
+
+    get = getattr(digitlab.data, "class_names", None)
+    if callable(get):
+        return list(get(dataset))
+    return None

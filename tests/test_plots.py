@@ -1,0 +1,265 @@
+"""Plots and run reports (digitlab.plots, `digitlab plot ...`).
+
+    .venv/bin/python -m pytest tests/test_plots.py -q
+
+The figure tests use real models trained on full MNIST: the session's `trained_mlp` and a one-epoch softmax
+regression (a linear model, for the weight templates). Each PNG is decoded with Pillow and checked for its
+documented pixel size and for real content (many colours, not one flat fill).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from digitlab import plots
+from digitlab.cli import main
+from digitlab.errors import DataError, DigitlabError
+
+HEADER = "epoch,train_loss,train_accuracy,val_loss,val_accuracy,seconds\n"
+
+
+def assert_png(path, kind: str) -> np.ndarray:
+    """`path` is a PNG of the documented size for `kind` with real content; returns its RGB pixels."""
+    from PIL import Image
+
+    path = Path(path)
+    assert path.is_file() and path.stat().st_size > 1000, path
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        assert img.size == plots.FIGURE_PIXELS[kind]
+        pixels = np.asarray(img.convert("RGB"))
+    colours = np.unique(pixels.reshape(-1, 3), axis=0)
+    assert len(colours) > 20, f"{path}: only {len(colours)} colours"
+    assert (pixels.reshape(-1, 3) != pixels[0, 0]).any(axis=1).mean() > 0.05, f"{path}: nearly one flat colour"
+    return pixels
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# ------------------------------------------------------------------------------------------ numbers
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 9), st.integers(0, 9)), min_size=0, max_size=200))
+def test_confusion_matrix_counts_every_pair(pairs):
+    labels = np.array([t for t, _ in pairs], dtype=np.int64)
+    predicted = np.array([p for _, p in pairs], dtype=np.int64)
+    counts = plots.confusion_matrix(labels, predicted, 10)
+    expected = collections.Counter(pairs)
+    assert counts.shape == (10, 10) and counts.dtype == np.int64
+    for t in range(10):
+        for p in range(10):
+            assert counts[t, p] == expected[(t, p)]
+
+
+def test_row_normalize_and_per_class_accuracy():
+    counts = np.array([[8, 2, 0], [0, 0, 0], [1, 1, 2]])
+    fractions = plots.row_normalize(counts)
+    np.testing.assert_allclose(fractions, [[0.8, 0.2, 0], [0, 0, 0], [0.25, 0.25, 0.5]])
+    acc = plots.per_class_accuracy(counts)
+    assert acc[0] == pytest.approx(0.8) and np.isnan(acc[1]) and acc[2] == pytest.approx(0.5)
+
+
+def test_confident_mistakes_are_mistakes_sorted_by_confidence():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(500, 10)) * 3
+    proba = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    labels = rng.integers(0, 10, size=500)
+    labels[:50] = proba[:50].argmax(axis=1)  # some right answers
+    index = plots.confident_mistakes(proba, labels, 36)
+    predicted = proba.argmax(axis=1)
+    assert len(index) == 36
+    assert (predicted[index] != labels[index]).all()
+    confidence = proba[index, predicted[index]]
+    assert (np.diff(confidence) <= 0).all()
+    # nothing more confident was left out
+    wrong = np.flatnonzero(predicted != labels)
+    assert confidence[-1] >= np.sort(proba[wrong, predicted[wrong]])[-37]
+    assert len(plots.confident_mistakes(proba, proba.argmax(axis=1), 10)) == 0
+
+
+# ------------------------------------------------------------------------------------------ history
+def test_curves_from_a_history_with_and_without_validation(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "history.csv").write_text(HEADER + "1,0.9,0.7,,,1.5\n2,0.5,0.85,,,1.4\n3,0.3,0.9,,,1.4\n")
+    assert plots.read_history(run)["val_loss"].tolist() == pytest.approx([np.nan] * 3, nan_ok=True)
+    assert_png(plots.plot_curves(run, run / "curves.png").path, "curves")
+    (run / "history.csv").write_text(HEADER + "1,0.9,0.7,1.0,0.68,1.5\n2,0.5,0.85,0.6,0.8,1.4\n")
+    hist = plots.read_history(run / "history.csv")
+    assert hist["val_accuracy"].tolist() == [0.68, 0.8]
+    assert_png(plots.plot_curves(run, tmp_path / "c2.png").path, "curves")
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "no history.csv"),
+        ("", "empty history"),
+        (HEADER, "no epochs"),
+        ("epoch,loss\n1,0.5\n", "missing column(s) train_loss, train_accuracy"),
+        (HEADER + "1,0.5,abc,,,1\n", "line 2, column train_accuracy: 'abc' is not a number"),
+        (HEADER + "1,0.5\n", "line 2 has 2 fields"),
+    ],
+)
+def test_bad_history_is_one_clear_error(tmp_path, content, message):
+    if content is not None:
+        (tmp_path / "history.csv").write_text(content)
+    with pytest.raises(DataError, match=re.escape(message)) as err:
+        plots.read_history(tmp_path)
+    assert str(tmp_path) in str(err.value)
+    assert not (tmp_path / "curves.png").exists()
+
+
+def test_cli_curves_errors_name_the_folder(tmp_path, capsys):
+    code, out, err = run_cli(capsys, "plot", "curves", str(tmp_path / "nope"))
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and str(tmp_path / "nope") in err and "not found" in err
+
+
+# ------------------------------------------------------------------------------------------ real models
+@pytest.fixture(scope="module")
+def softmax_run(tmp_path_factory, mnist_dir):
+    """A linear model (softmax regression, one epoch on full MNIST) and its run folder."""
+    from digitlab.train import train_recipe
+
+    out = tmp_path_factory.mktemp("run-softmax")
+    return train_recipe("seed-001-softmax", overrides={"epochs": 1}, out_dir=out, data_dir=mnist_dir, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def mnist_test(mnist_dir):
+    import digitlab.data
+
+    return digitlab.data.load("mnist", split="test", data_dir=mnist_dir)
+
+
+def test_cli_curves_json(trained_mlp, tmp_path, capsys):
+    out = tmp_path / "curves.png"
+    code, stdout, _ = run_cli(capsys, "plot", "curves", str(trained_mlp.model_path.parent), "--out", str(out), "--json")
+    assert code == 0
+    result = json.loads(stdout)
+    assert result == {"path": str(out), "width": 1000, "height": 400}
+    assert_png(out, "curves")
+
+
+def test_cli_weights_linear_templates_and_mlp_units(softmax_run, trained_mlp, tmp_path, capsys):
+    code, stdout, _ = run_cli(capsys, "plot", "weights", str(softmax_run.model_path), "--out",
+                              str(tmp_path / "w.png"), "--json")
+    assert code == 0 and json.loads(stdout)["width"] == plots.FIGURE_PIXELS["weights"][0]
+    pixels = assert_png(tmp_path / "w.png", "weights")
+    # diverging map centred on 0: a trained softmax has strong positive (red) and negative (blue) weights
+    r, b = pixels[..., 0].astype(int), pixels[..., 2].astype(int)
+    assert ((r - b) > 80).sum() > 500 and ((b - r) > 80).sum() > 500
+
+    code, stdout, _ = run_cli(capsys, "plot", "weights", str(trained_mlp.model_path), "--out",
+                              str(tmp_path / "u.png"), "--json")
+    assert code == 0 and (json.loads(stdout)["width"], json.loads(stdout)["height"]) == plots.FIGURE_PIXELS["units"]
+    assert_png(tmp_path / "u.png", "units")
+
+
+def test_cli_confusion_counts_match_a_direct_computation(trained_mlp, mnist_dir, mnist_test, tmp_path, capsys):
+    out = tmp_path / "conf.png"
+    code, stdout, _ = run_cli(capsys, "plot", "confusion", str(trained_mlp.model_path), "--data-dir",
+                              str(mnist_dir), "--out", str(out), "--json")
+    assert code == 0 and json.loads(stdout)["path"] == str(out)
+    assert_png(out, "confusion")
+
+    images, labels = mnist_test
+    predicted = trained_mlp.model.predict(images)
+    counts = plots.confusion_matrix(labels, predicted, 10)
+    direct = np.zeros((10, 10), dtype=np.int64)
+    for (t, p), k in collections.Counter(zip(labels.tolist(), predicted.tolist())).items():
+        direct[t, p] = k
+    np.testing.assert_array_equal(counts, direct)
+    np.testing.assert_array_equal(counts.sum(axis=1), np.bincount(labels, minlength=10))
+    assert np.trace(counts) / len(labels) == pytest.approx(float((predicted == labels).mean()))
+
+
+def test_cli_mistakes_are_real_mistakes(trained_mlp, mnist_dir, mnist_test, tmp_path, capsys):
+    out = tmp_path / "m.png"
+    code, stdout, _ = run_cli(capsys, "plot", "mistakes", str(trained_mlp.model_path), "--n", "16", "--data-dir",
+                              str(mnist_dir), "--out", str(out), "--json")
+    assert code == 0
+    assert_png(out, "mistakes")
+    images, labels = mnist_test
+    proba = trained_mlp.model.predict_proba(images)
+    index = plots.confident_mistakes(proba, labels, 16)
+    predicted = proba.argmax(axis=1)
+    assert len(index) == 16 and (predicted[index] != labels[index]).all()
+    assert (np.diff(proba[index, predicted[index]]) <= 0).all()
+
+
+def test_cli_samples(mnist_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, stdout, _ = run_cli(capsys, "plot", "samples", "mnist", "--per-class", "8", "--data-dir", str(mnist_dir),
+                              "--json")
+    assert code == 0
+    result = json.loads(stdout)
+    assert Path(result["path"]).name == "samples-mnist.png"
+    assert_png(tmp_path / "samples-mnist.png", "samples")
+
+
+def test_cli_model_that_is_not_a_model(tmp_path, capsys):
+    bogus = tmp_path / "model.safetensors"
+    bogus.write_bytes(b"this is not a model at all" * 10)
+    for kind in ("weights", "confusion", "mistakes"):
+        code, out, err = run_cli(capsys, "plot", kind, str(bogus))
+        assert code == 1 and out == ""
+        assert err.startswith("digitlab: error:") and err.count("\n") == 1 and str(bogus) in err
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_run_report_links_existing_files_and_tables_match(softmax_run, mnist_test):
+    run_dir = softmax_run.model_path.parent
+    images, labels = mnist_test
+    report = plots.write_run_report(run_dir, softmax_run.model, images, labels)
+    assert report == run_dir / "report.md"
+    text = report.read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert sorted(links) == sorted(plots.FIGURE_FILES)
+    for link in links:
+        assert not Path(link).is_absolute()
+        assert_png(run_dir / link, "weights" if link == "weights.png" else link.removesuffix(".png"))
+    # per-class accuracy rows equal a direct computation
+    predicted = softmax_run.model.predict(images)
+    for c in range(10):
+        row = re.search(rf"^\| {c} \| ([0-9.]+) \| (\d+) \|", text, re.M)
+        assert row, f"no per-class row for {c}"
+        mask = labels == c
+        assert float(row.group(1)) == pytest.approx(float((predicted[mask] == c).mean()), abs=5e-5)
+        assert int(row.group(2)) == int(mask.sum())
+    accuracy = float((predicted == labels).mean())
+    assert f"| test accuracy (this report) | {accuracy:.4f} |" in text
+    assert "seed-001-softmax" in text  # the recipe is part of the report
+
+
+def test_run_report_written_by_training(trained_mlp):
+    run_dir = trained_mlp.model_path.parent
+    text = (run_dir / "report.md").read_text()
+    for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
+        assert (run_dir / link).is_file()
+    assert_png(run_dir / "weights.png", "units")  # an MLP: first-layer units
+
+
+def test_weights_of_a_model_without_pixel_weights_is_a_clear_error(tmp_path):
+    class Conv:
+        W = np.zeros((8, 1, 3, 3))
+
+    class Model:
+        class net:
+            layers = [Conv()]
+
+    with pytest.raises(DigitlabError, match=r"shape \(8, 1, 3, 3\)"):
+        plots.plot_weights(Model(), tmp_path / "w.png")
+    assert not (tmp_path / "w.png").exists()
