@@ -1,0 +1,368 @@
+"""Layers and `Sequential`: forward and backward side by side, in NumPy (or CuPy, via `array_module`).
+
+    import numpy as np
+    from digitlab.nn.layers import Linear, ReLU, Sequential
+    rng = np.random.default_rng(0)
+    net = Sequential([Linear(784, 300, init="he_normal", rng=rng), ReLU(), Linear(300, 10, rng=rng)])
+    scores = net.forward(x)            # (N, 784) -> (N, 10); train=True caches what backward needs
+    net.backward(dscores)              # fills every layer's gradients (dW, db)
+    params, grads = net.parameters(), net.grads()   # parallel lists of arrays for an optimizer
+    scores = net.forward(x, train=False)            # inference: no caches, fresh output arrays
+
+Gradient convention: `backward` OVERWRITES each gradient array with the gradient of the current batch (it
+writes into the preallocated `dW`/`db` with `out=`); nothing accumulates across calls, so a training step
+does not need `zero_grad()` (it exists to clear gradients explicitly, e.g. before inspecting them).
+
+Speed notes (the seed-004 epoch is dominated by three matrix products per step):
+  * train-mode outputs and input-gradients live in per-layer buffers reused while the batch shape stays the
+    same — an array returned by `forward(..., train=True)` is valid until the next train-mode forward;
+  * `Sequential.backward` skips the input gradient of the first layer (nobody needs d loss / d pixels), and
+    activations work in place on buffers the network owns;
+  * bias gradients are `dy.sum(0)` written into `db`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from digitlab.errors import ConfigError, TrainingError
+from digitlab.nn.backend import array_module
+from digitlab.nn.init import initialize
+
+
+def _buffer(store: dict, key: str, shape: tuple, dtype, xp):
+    """A reusable array for `key`, reallocated only when the shape or dtype changes."""
+    buf = store.get(key)
+    if buf is None or buf.shape != shape or buf.dtype != dtype:
+        buf = store[key] = xp.empty(shape, dtype=dtype)
+    return buf
+
+
+class Layer:
+    """Base class. Subclasses set `param_names` and implement forward/backward/spec."""
+
+    param_names: tuple[str, ...] = ()
+    # Set by Sequential: True when forward's input is the previous Linear's output buffer (it may then be
+    # overwritten in place), and when backward's dy is the next Linear's input-gradient buffer. Never True
+    # for the caller's arrays, so a layer used on its own leaves its inputs alone.
+    input_is_scratch = False
+    dy_is_scratch = False
+
+    def __init__(self):
+        self._bufs: dict = {}
+
+    def parameters(self) -> list:
+        return [getattr(self, n) for n in self.param_names]
+
+    def grads(self) -> list:
+        return [getattr(self, "d" + n) for n in self.param_names]
+
+    def spec(self) -> dict:
+        return {"type": type(self).__name__}
+
+    @classmethod
+    def from_spec(cls, spec: dict, rng=None, dtype=np.float32):
+        return cls()
+
+    def _out(self, key, x, train, shape=None, dtype=None):
+        """Output array: a reused buffer in train mode, a fresh array in inference."""
+        xp = array_module(x)
+        shape, dtype = shape or x.shape, dtype or x.dtype
+        return _buffer(self._bufs, key, shape, dtype, xp) if train else xp.empty(shape, dtype=dtype)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.spec().items() if k != "type")
+        return f"{type(self).__name__}({args})"
+
+
+class Linear(Layer):
+    """y = x @ W + b with W (in, out); the one layer with parameters."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, init="he_normal",
+                 rng: np.random.Generator | None = None, dtype=np.float32):
+        super().__init__()
+        self.W = initialize(init, (in_features, out_features), rng, dtype)   # (in, out)
+        self.b = np.zeros(out_features, dtype=dtype) if bias else None        # (out,)
+        self.param_names = ("W", "b") if bias else ("W",)
+        self.dW = np.zeros_like(self.W)
+        self.db = np.zeros_like(self.b) if bias else None
+        self._x = None
+
+    def forward(self, x, train=True):
+        xp = array_module(x)
+        y = self._out("y", x, train, (x.shape[0], self.W.shape[1]), self.W.dtype)
+        xp.matmul(x, self.W, out=y)                      # (N, in) @ (in, out) -> (N, out)
+        if self.b is not None:
+            y += self.b                                  # (N, out) + (out,)
+        self._x = x if train else None
+        return y
+
+    def backward(self, dy, need_dx=True):
+        xp = array_module(dy)
+        xp.matmul(self._x.T, dy, out=self.dW)            # (in, N) @ (N, out) -> (in, out)
+        if self.b is not None:
+            dy.sum(axis=0, out=self.db)                  # (N, out) -> (out,)
+        if not need_dx:
+            return None
+        dx = _buffer(self._bufs, "dx", self._x.shape, dy.dtype, xp)
+        return xp.matmul(dy, self.W.T, out=dx)           # (N, out) @ (out, in) -> (N, in)
+
+    def spec(self) -> dict:
+        return {"type": "Linear", "in": int(self.W.shape[0]), "out": int(self.W.shape[1]),
+                "bias": self.b is not None}
+
+    @classmethod
+    def from_spec(cls, spec, rng=None, dtype=np.float32):
+        return cls(int(spec["in"]), int(spec["out"]), bias=bool(spec.get("bias", True)), init="zeros",
+                   dtype=dtype)
+
+
+class ReLU(Layer):
+    """y = max(x, 0); backward lets the gradient through where y > 0."""
+
+    def forward(self, x, train=True):
+        xp = array_module(x)
+        y = x if (train and self.input_is_scratch) else self._out("y", x, train)
+        xp.maximum(x, 0, out=y)                          # (N, D), in place on the previous layer's buffer
+        self._y = y if train else None
+        return y
+
+    def backward(self, dy, need_dx=True):
+        if not need_dx:
+            return None
+        xp = array_module(dy)
+        mask = xp.greater(self._y, 0, out=_buffer(self._bufs, "mask", dy.shape, bool, xp))   # (N, D)
+        dx = dy if self.dy_is_scratch else _buffer(self._bufs, "dx", dy.shape, dy.dtype, xp)
+        return xp.multiply(dy, mask, out=dx)                                                 # (N, D)
+
+
+class LeakyReLU(Layer):
+    """y = x for x > 0, slope * x otherwise (0 < slope < 1)."""
+
+    def __init__(self, slope: float = 0.01):
+        super().__init__()
+        if not 0.0 < float(slope) < 1.0:
+            raise ConfigError(f"LeakyReLU slope must be between 0 and 1, got {slope}")
+        self.slope = float(slope)
+
+    def forward(self, x, train=True):
+        xp = array_module(x)
+        y = self._out("y", x, train)
+        xp.multiply(x, self.slope, out=y)                # (N, D)
+        xp.maximum(x, y, out=y)                          # (N, D): x where x > 0, slope*x elsewhere
+        self._y = y if train else None
+        return y
+
+    def backward(self, dy, need_dx=True):
+        if not need_dx:
+            return None
+        xp = array_module(dy)
+        local = xp.where(self._y > 0, 1.0, self.slope).astype(dy.dtype, copy=False)   # (N, D)
+        return xp.multiply(dy, local, out=_buffer(self._bufs, "dx", dy.shape, dy.dtype, xp))
+
+    def spec(self) -> dict:
+        return {"type": "LeakyReLU", "slope": self.slope}
+
+    @classmethod
+    def from_spec(cls, spec, rng=None, dtype=np.float32):
+        return cls(float(spec.get("slope", 0.01)))
+
+
+def stable_sigmoid(x, out=None):
+    """1 / (1 + exp(-x)) without overflow for any |x|: exp only ever sees -|x|."""
+    xp = array_module(x)
+    e = xp.exp(-xp.abs(x))                               # (N, D) in (0, 1]
+    num = xp.where(x >= 0, 1.0, e).astype(x.dtype, copy=False)
+    return xp.divide(num, 1.0 + e, out=out)
+
+
+class Sigmoid(Layer):
+    """y = 1 / (1 + exp(-x)), computed stably; backward dy * y * (1 - y)."""
+
+    def forward(self, x, train=True):
+        y = stable_sigmoid(x, out=self._out("y", x, train))   # (N, D)
+        self._y = y if train else None
+        return y
+
+    def backward(self, dy, need_dx=True):
+        if not need_dx:
+            return None
+        xp = array_module(dy)
+        y = self._y
+        dx = _buffer(self._bufs, "dx", dy.shape, dy.dtype, xp)
+        xp.subtract(1, y, out=dx)                        # (N, D): 1 - y
+        dx *= y
+        dx *= dy
+        return dx
+
+
+class Tanh(Layer):
+    """y = tanh(x); backward dy * (1 - y^2)."""
+
+    def forward(self, x, train=True):
+        xp = array_module(x)
+        y = xp.tanh(x, out=self._out("y", x, train))    # (N, D)
+        self._y = y if train else None
+        return y
+
+    def backward(self, dy, need_dx=True):
+        if not need_dx:
+            return None
+        xp = array_module(dy)
+        dx = _buffer(self._bufs, "dx", dy.shape, dy.dtype, xp)
+        xp.multiply(self._y, self._y, out=dx)            # (N, D): y^2
+        xp.subtract(1, dx, out=dx)
+        dx *= dy
+        return dx
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training zero each unit with probability p and scale the rest by 1/(1-p).
+
+    Inference is the identity. `hold_mask = True` reuses the last mask (for gradient checks).
+    """
+
+    def __init__(self, p: float = 0.5, rng: np.random.Generator | None = None):
+        super().__init__()
+        if not 0.0 <= float(p) < 1.0:
+            raise ConfigError(f"Dropout probability must be in [0, 1), got {p}")
+        self.p, self.rng, self.hold_mask = float(p), rng, False
+        self._mask = None
+
+    def forward(self, x, train=True):
+        if not train or self.p == 0.0:
+            self._mask = None if not self.hold_mask else self._mask
+            return x
+        xp = array_module(x)
+        if not (self.hold_mask and self._mask is not None and self._mask.shape == x.shape):
+            if not isinstance(self.rng, np.random.Generator):
+                raise TrainingError("Dropout needs a numpy.random.Generator to train (build it with rng=...)")
+            keep = xp.asarray(self.rng.random(x.shape, dtype=np.float32) >= self.p)   # (N, D) bool
+            self._mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
+        return xp.multiply(x, self._mask, out=self._out("y", x, train))              # (N, D)
+
+    def backward(self, dy, need_dx=True):
+        if not need_dx:
+            return None
+        if self._mask is None:
+            return dy
+        xp = array_module(dy)
+        return xp.multiply(dy, self._mask, out=_buffer(self._bufs, "dx", dy.shape, dy.dtype, xp))
+
+    def spec(self) -> dict:
+        return {"type": "Dropout", "p": self.p}
+
+    @classmethod
+    def from_spec(cls, spec, rng=None, dtype=np.float32):
+        return cls(float(spec.get("p", 0.5)), rng=rng)
+
+
+LAYER_TYPES = {cls.__name__: cls for cls in (Linear, ReLU, LeakyReLU, Sigmoid, Tanh, Dropout)}
+ACTIVATIONS = {"relu": ReLU, "leaky_relu": LeakyReLU, "sigmoid": Sigmoid, "tanh": Tanh}
+
+
+class Sequential:
+    """A list of layers applied in order; the whole network as far as training is concerned."""
+
+    def __init__(self, layers):
+        self.layers = list(layers)
+        first = next((i for i, l in enumerate(self.layers) if l.param_names), len(self.layers))
+        self._first_param = first   # layers up to and including this one need no input gradient
+        for i, layer in enumerate(self.layers):
+            layer.input_is_scratch = i > 0 and isinstance(self.layers[i - 1], Linear)
+            layer.dy_is_scratch = i + 1 < len(self.layers) and isinstance(self.layers[i + 1], Linear)
+
+    # -- computation ----------------------------------------------------------------------------------
+    def forward(self, x, train: bool = True):
+        """(N, in_features) -> (N, out_features) scores. train=True caches what backward needs."""
+        xp = array_module(x)
+        x = xp.asarray(x)
+        if x.dtype != self.dtype:
+            x = x.astype(self.dtype)
+        for layer in self.layers:
+            x = layer.forward(x, train)
+        return x
+
+    def backward(self, dy, input_grad: bool = False):
+        """Back-propagate d loss / d scores; fills every gradient. Returns d loss / d input if input_grad."""
+        for i in range(len(self.layers) - 1, -1, -1):
+            dy = self.layers[i].backward(dy, need_dx=input_grad or i > self._first_param)
+        return dy
+
+    # -- parameters -----------------------------------------------------------------------------------
+    def parameters(self) -> list:
+        return [p for layer in self.layers for p in layer.parameters()]
+
+    def grads(self) -> list:
+        return [g for layer in self.layers for g in layer.grads()]
+
+    def param_names(self) -> list[str]:
+        return [f"{i}.{n}" for i, layer in enumerate(self.layers) for n in layer.param_names]
+
+    def zero_grad(self) -> None:
+        for g in self.grads():
+            g[...] = 0
+
+    def state_dict(self) -> dict:
+        """{"0.W": array, "0.b": array, "2.W": ...}: the arrays a model file stores."""
+        return dict(zip(self.param_names(), self.parameters()))
+
+    def load_state_dict(self, tensors: dict) -> None:
+        """Copy arrays into the parameters; ValueError naming the tensor when one is missing or mismatched."""
+        for name, param in self.state_dict().items():
+            if name not in tensors:
+                raise ValueError(f"weights {name!r} are missing")
+            arr = tensors[name]
+            if tuple(arr.shape) != param.shape:
+                raise ValueError(f"weights {name!r} have shape {tuple(arr.shape)}, expected {param.shape}")
+            if arr.dtype != param.dtype:
+                raise ValueError(f"weights {name!r} are {arr.dtype}, expected {param.dtype}")
+            param[...] = arr
+
+    @property
+    def dtype(self):
+        params = self.parameters()
+        return params[0].dtype if params else np.dtype(np.float32)
+
+    @property
+    def input_dim(self) -> int | None:
+        first = next((l for l in self.layers if isinstance(l, Linear)), None)
+        return None if first is None else int(first.W.shape[0])
+
+    @property
+    def output_dim(self) -> int | None:
+        last = next((l for l in reversed(self.layers) if isinstance(l, Linear)), None)
+        return None if last is None else int(last.W.shape[1])
+
+    # -- architecture as data -------------------------------------------------------------------------
+    def spec(self) -> list[dict]:
+        """The JSON architecture list, e.g. [{"type": "Linear", "in": 784, "out": 300, "bias": true}, ...]."""
+        return [layer.spec() for layer in self.layers]
+
+    @classmethod
+    def from_spec(cls, spec: list, rng: np.random.Generator | None = None, dtype=np.float32) -> "Sequential":
+        """Rebuild (zero weights) from `spec()`; ConfigError for an unknown type or a bad entry."""
+        if not isinstance(spec, list) or not spec:
+            raise ConfigError("architecture must be a non-empty list of layers")
+        layers = []
+        for i, entry in enumerate(spec):
+            kind = entry.get("type") if isinstance(entry, dict) else None
+            if kind not in LAYER_TYPES:
+                raise ConfigError(f"layer {i}: unknown layer type {kind!r}; known: {', '.join(LAYER_TYPES)}")
+            try:
+                layers.append(LAYER_TYPES[kind].from_spec(entry, rng=rng, dtype=dtype))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ConfigError(f"layer {i} ({kind}): invalid entry {entry!r} ({exc})") from None
+        return cls(layers)
+
+    def astype(self, dtype) -> "Sequential":
+        """A copy with every parameter cast to `dtype` (e.g. float64 for gradient checks)."""
+        net = Sequential.from_spec(self.spec(), dtype=dtype)
+        for src, dst in zip(self.layers, net.layers):
+            if isinstance(src, Dropout):
+                dst.rng = src.rng
+        net.load_state_dict({k: v.astype(dtype) for k, v in self.state_dict().items()})
+        return net
+
+    def __repr__(self) -> str:
+        return "Sequential([" + ", ".join(map(repr, self.layers)) + "])"

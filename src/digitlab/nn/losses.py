@@ -1,0 +1,137 @@
+"""Losses on raw scores: small functions returning (mean loss over the batch, d loss / d scores).
+
+    from digitlab.nn.losses import get_loss
+    loss = get_loss("softmax_ce")              # or "softmax_mse", "sigmoid_bce"
+    value, dscores = loss(scores, labels)      # scores (N, C) float, labels (N,) integer class indices
+    probs = loss.probabilities(scores)         # (N, C), rows sum to 1 (for predict_proba)
+
+Labels are integer class indices; a one-hot matrix exists only inside a loss. The returned loss is a Python
+float (the mean over the batch); the gradient has the dtype of `scores`. Pass `out=` to have the gradient
+written into an existing (N, C) array (it may be `scores` itself — the fast path of a training step).
+
+  softmax_ce   softmax + cross-entropy fused, max-subtracted log-sum-exp: finite for logits of +-1e4.
+               gradient (softmax(z) - Y) / N.
+  softmax_mse  per-example SUM over classes of (softmax(z) - Y)^2, MEAN over the batch; the gradient goes
+               back through the true softmax Jacobian: p * (g - sum(g * p)), g = 2 (p - Y) / N.
+  sigmoid_bce  one-vs-rest: per-example SUM over classes of the binary cross-entropy of sigmoid(z) against
+               Y, MEAN over the batch, so the gradient is (sigmoid(z) - Y) / N — the seed-003 notebook's
+               X^T (sigmoid(Xw) - Y) / N once it reaches the weights. Its probabilities are the ten
+               sigmoids renormalised to sum to 1 (computed in log space, so never 0/0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from digitlab.errors import ConfigError
+from digitlab.nn.backend import array_module
+
+
+def _check(scores, labels):
+    if scores.ndim != 2 or labels.shape != (scores.shape[0],):
+        raise ValueError(f"scores must be (N, C) and labels (N,), got {scores.shape} and {labels.shape}")
+
+
+def softmax(scores, out=None):
+    """Row-wise softmax, max-subtracted: (N, C) -> (N, C)."""
+    xp = array_module(scores)
+    p = xp.subtract(scores, scores.max(axis=1, keepdims=True), out=out)   # (N, C) - (N, 1), all <= 0
+    xp.exp(p, out=p)
+    p /= p.sum(axis=1, keepdims=True)                                       # (N, C) / (N, 1)
+    return p
+
+
+def softmax_cross_entropy(scores, labels, out=None):
+    """Mean cross-entropy of softmax(scores) against integer labels, and its gradient (softmax - Y) / N."""
+    _check(scores, labels)
+    xp = array_module(scores)
+    n = scores.shape[0]
+    rows = xp.arange(n)
+    z = xp.subtract(scores, scores.max(axis=1, keepdims=True), out=out)   # (N, C), max-subtracted
+    correct = z[rows, labels].astype(xp.float64)                           # (N,)  z_y
+    xp.exp(z, out=z)                                                       # (N, C) e^z, in (0, 1]
+    total = z.sum(axis=1, keepdims=True)                                   # (N, 1) >= 1
+    loss = float(xp.log(total[:, 0].astype(xp.float64)).sum() - correct.sum()) / n
+    z *= (1.0 / n) / total                                                 # (N, C) softmax / N
+    z[rows, labels] -= 1.0 / n                                             # (N, C) (softmax - Y) / N
+    return loss, z
+
+
+def softmax_mse(scores, labels, out=None):
+    """Mean over the batch of sum over classes (softmax(z) - Y)^2; gradient through the softmax Jacobian."""
+    _check(scores, labels)
+    xp = array_module(scores)
+    n = scores.shape[0]
+    rows = xp.arange(n)
+    p = softmax(scores, out=out)                                           # (N, C)
+    g = p.copy()
+    g[rows, labels] -= 1.0                                                 # (N, C) p - Y
+    loss = float((g.astype(xp.float64) ** 2).sum()) / n
+    g *= 2.0 / n                                                           # (N, C) dL/dp
+    dot = (g * p).sum(axis=1, keepdims=True)                               # (N, 1) sum_k g_k p_k
+    g -= dot
+    p *= g                                                                 # (N, C) p * (g - g.p)
+    return loss, p
+
+
+def _log_sigmoid(z):
+    """log(sigmoid(z)) = -softplus(-z), stable for any z."""
+    xp = array_module(z)
+    return xp.minimum(z, 0) - xp.log1p(xp.exp(-xp.abs(z)))
+
+
+def sigmoid_bce(scores, labels, out=None):
+    """One-vs-rest: mean over the batch of sum over classes of BCE(sigmoid(z), Y); gradient (sigmoid(z) - Y)/N."""
+    from digitlab.nn.layers import stable_sigmoid
+
+    _check(scores, labels)
+    xp = array_module(scores)
+    n = scores.shape[0]
+    rows = xp.arange(n)
+    z64 = scores.astype(xp.float64)
+    # BCE = softplus(z) - y*z = -log_sigmoid(z) + z - y*z, summed over classes
+    loss = float((z64 - _log_sigmoid(z64)).sum() - z64[rows, labels].sum()) / n
+    g = stable_sigmoid(scores, out=out)                                    # (N, C)
+    g[rows, labels] -= 1.0                                                 # (N, C) sigmoid(z) - Y
+    g *= 1.0 / n
+    return loss, g
+
+
+def ovr_probabilities(scores):
+    """The C sigmoids renormalised to sum to 1, via a softmax of log-sigmoids (no 0/0 when all are tiny)."""
+    xp = array_module(scores)
+    return softmax(_log_sigmoid(scores.astype(xp.float64))).astype(scores.dtype)
+
+
+def softmax_probabilities(scores):
+    return softmax(scores.astype(scores.dtype, copy=True))
+
+
+@dataclass(frozen=True)
+class Loss:
+    """A named loss: `loss(scores, labels, out=None) -> (mean loss, dscores)` plus `probabilities(scores)`."""
+
+    name: str
+    fn: Callable
+    probabilities: Callable
+
+    def __call__(self, scores, labels, out=None):
+        return self.fn(scores, labels, out=out)
+
+
+LOSSES = {
+    "softmax_ce": Loss("softmax_ce", softmax_cross_entropy, softmax_probabilities),
+    "softmax_mse": Loss("softmax_mse", softmax_mse, softmax_probabilities),
+    "sigmoid_bce": Loss("sigmoid_bce", sigmoid_bce, ovr_probabilities),
+}
+ALIASES = {"softmax_cross_entropy": "softmax_ce", "cross_entropy": "softmax_ce", "mse": "softmax_mse",
+           "ovr": "sigmoid_bce", "one_vs_rest": "sigmoid_bce"}
+
+
+def get_loss(name: str) -> Loss:
+    """The Loss registered under `name` (or an alias); ConfigError for unknown names."""
+    key = ALIASES.get(name, name)
+    if key not in LOSSES:
+        raise ConfigError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+    return LOSSES[key]

@@ -1,0 +1,264 @@
+"""Classifier = network + loss + input normalisation + class names; model files; network builders.
+
+    import numpy as np
+    from digitlab.nn.model import Classifier, build_mlp, load
+    net = build_mlp(784, [300], 10, activation="relu", init="he_normal", rng=np.random.default_rng(0))
+    model = Classifier(net, "softmax_ce", normalization="unit")
+    model.predict_proba(images)        # uint8 [N,28,28]/[N,784] 0..255, or float [N,784]/[N,28,28] in [0,1]
+    model.predict(images)              # int64 [N]
+    model.save("runs/x/model.safetensors", recipe="mlp", seed=0)
+    model = load("runs/x/model.safetensors")     # ModelFileError naming the file for any bad file
+
+File format (format 1): a safetensors file whose tensors are the weights "{i}.{name}" of layer i ("0.W",
+"0.b", "2.W", ...) and whose metadata holds one key, "digitlab", a JSON header with format,
+digitlab_version, architecture (Sequential.spec()), loss, normalization, class_names, input_shape, dtype and
+whatever the trainer adds (recipe, dataset, dataset_checksums, seed, metrics, ...). Loading rebuilds the
+network from the header alone and never executes code. Extra tensors (e.g. optimizer state in a
+checkpoint) can ride along via `save(..., extra_tensors=...)` and come back from `read_model_file`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from digitlab.errors import ConfigError, DataError, ModelFileError
+from digitlab.nn.layers import ACTIVATIONS, Dropout, Linear, Sequential
+from digitlab.nn.losses import get_loss
+
+FORMAT_VERSION = 1
+HEADER_KEY = "digitlab"
+NORMALIZATIONS = ("unit", "raw", "standard")
+_MEAN, _STD = 0.1307, 0.3081
+
+
+def _digitlab_version() -> str:
+    from digitlab import __version__
+
+    return __version__
+
+
+def _default_input_shape(input_dim: int) -> list[int]:
+    side = math.isqrt(input_dim)
+    return [side, side] if side * side == input_dim else [input_dim]
+
+
+class Classifier:
+    """A trained (or freshly built) network with everything needed to turn images into class scores."""
+
+    def __init__(self, net: Sequential, loss_name: str = "softmax_ce", normalization: str = "unit",
+                 class_names=None, metadata: dict | None = None, input_shape=None):
+        self.net = net
+        self.loss = get_loss(loss_name)
+        if normalization not in NORMALIZATIONS:
+            raise ConfigError(f"unknown normalization {normalization!r}; choose one of {', '.join(NORMALIZATIONS)}")
+        self.normalization = normalization
+        n_out = net.output_dim
+        self.class_names = [str(c) for c in (class_names if class_names is not None else range(n_out or 0))]
+        if n_out is not None and len(self.class_names) != n_out:
+            raise ConfigError(f"{len(self.class_names)} class names for a network with {n_out} outputs")
+        self.input_shape = list(input_shape) if input_shape else _default_input_shape(net.input_dim or 0)
+        self.metadata = dict(metadata or {})
+
+    @property
+    def loss_name(self) -> str:
+        return self.loss.name
+
+    # -- inference ------------------------------------------------------------------------------------
+    def prepare(self, images) -> np.ndarray:
+        """Images in any accepted form -> normalised (N, input_dim) array of the network's dtype.
+
+        uint8 arrays are 0..255 pixels; float arrays are pixels in [0, 1]. DataError for anything else.
+        """
+        x = np.asarray(images)
+        dim = self.net.input_dim
+        if list(x.shape) == self.input_shape or (x.ndim == 1 and x.size == dim):
+            x = x[None]                                              # a single image
+        if x.ndim < 2 or math.prod(x.shape[1:]) != dim:
+            raise DataError(f"images of shape {x.shape} do not fit this model (it expects "
+                            f"{'x'.join(map(str, self.input_shape))} = {dim} values per image)")
+        x = x.reshape(x.shape[0], dim)                               # (N, 28, 28) -> (N, 784)
+        if x.dtype == np.uint8:
+            from digitlab.data.dataset import normalize
+
+            return normalize(x, self.normalization, self.net.dtype)
+        if not np.issubdtype(x.dtype, np.floating):
+            raise DataError(f"images must be uint8 0..255 or floats in [0, 1], got dtype {x.dtype}")
+        x = x.astype(self.net.dtype, copy=True)
+        if x.size and (not np.isfinite(x).all() or x.min() < 0.0 or x.max() > 1.0):
+            raise DataError("float images must hold finite values in [0, 1] (pass uint8 for 0..255 pixels)")
+        if self.normalization == "raw":
+            x *= 255.0
+        elif self.normalization == "standard":
+            x -= _MEAN
+            x /= _STD
+        return x
+
+    def scores(self, images, batch_size: int = 8192) -> np.ndarray:
+        """Raw class scores (N, C), computed in inference mode in chunks of batch_size."""
+        x = self.prepare(images)
+        if x.shape[0] <= batch_size:
+            return self.net.forward(x, train=False)
+        return np.concatenate([self.net.forward(x[i:i + batch_size], train=False)
+                               for i in range(0, x.shape[0], batch_size)])
+
+    def predict_proba(self, images, batch_size: int = 8192) -> np.ndarray:
+        """float32 (N, C) class probabilities; rows sum to 1."""
+        return self.loss.probabilities(self.scores(images, batch_size)).astype(np.float32, copy=False)
+
+    def predict(self, images, batch_size: int = 8192) -> np.ndarray:
+        """int64 (N,) predicted class indices (argmax of the scores)."""
+        return self.scores(images, batch_size).argmax(axis=1).astype(np.int64)
+
+    def predict_image(self, src, **kw) -> dict:
+        """A photo/drawing (path, bytes, PIL image, array) -> dict; see digitlab.images.predict_image."""
+        from digitlab.images import predict_image
+
+        return predict_image(self, src, **kw)
+
+    # -- files ----------------------------------------------------------------------------------------
+    def header(self, **metadata) -> dict:
+        """The JSON header saved with the weights: this model's description plus `metadata`."""
+        head = {**self.metadata, **metadata}
+        head.update(format=FORMAT_VERSION, digitlab_version=_digitlab_version(), architecture=self.net.spec(),
+                    loss=self.loss.name, normalization=self.normalization, class_names=self.class_names,
+                    input_shape=self.input_shape, dtype=str(np.dtype(self.net.dtype)))
+        return head
+
+    def save(self, path, extra_tensors: dict | None = None, **metadata) -> Path:
+        """Write the model atomically as safetensors + JSON header; returns the path."""
+        from safetensors.numpy import save
+
+        from digitlab.fsutil import atomic_write_bytes
+
+        head = self.header(**metadata)
+        try:
+            text = json.dumps(head)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"model metadata for {path} is not JSON-serialisable: {exc}") from None
+        tensors = {k: np.ascontiguousarray(v) for k, v in self.net.state_dict().items()}
+        for k, v in (extra_tensors or {}).items():
+            if k in tensors or k.split(".")[0].isdigit():
+                raise ConfigError(f"extra tensor name {k!r} clashes with layer weights")
+            tensors[k] = np.ascontiguousarray(v)
+        self.metadata = {k: v for k, v in head.items()}
+        return atomic_write_bytes(path, save(tensors, metadata={HEADER_KEY: text}))
+
+    def __repr__(self) -> str:
+        return f"Classifier({self.net!r}, loss={self.loss.name!r}, normalization={self.normalization!r})"
+
+
+# -- loading ------------------------------------------------------------------------------------------
+
+def _read_safetensors(path: Path):
+    """(metadata dict, {name: array}) or ModelFileError describing why the file is unreadable."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+            tensors = {k: np.array(f.get_tensor(k)) for k in f.keys()}
+    except SafetensorError as exc:
+        msg = str(exc)
+        if "IncompleteBuffer" in msg or "out of bounds" in msg.lower():
+            why = "it is truncated (the weights end early)"
+        else:
+            why = "it is not a safetensors file"
+        raise ModelFileError(f"cannot load model {path}: {why} ({msg})") from None
+    except (OSError, ValueError) as exc:
+        raise ModelFileError(f"cannot load model {path}: {exc}") from None
+    return meta, tensors
+
+
+def _parse_header(path: Path, meta: dict) -> dict:
+    if HEADER_KEY not in meta:
+        raise ModelFileError(f"cannot load model {path}: a safetensors file without a digitlab header "
+                             f"(not written by digitlab)")
+    try:
+        head = json.loads(meta[HEADER_KEY])
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(f"cannot load model {path}: its digitlab header is not valid JSON ({exc})") from None
+    if not isinstance(head, dict):
+        raise ModelFileError(f"cannot load model {path}: its digitlab header is not a JSON object")
+    fmt = head.get("format")
+    if not isinstance(fmt, int) or isinstance(fmt, bool):
+        raise ModelFileError(f"cannot load model {path}: header has no integer 'format' version")
+    if fmt > FORMAT_VERSION:
+        raise ModelFileError(f"cannot load model {path}: written in model format {fmt} by digitlab "
+                             f"{head.get('digitlab_version', '?')}; this digitlab ({_digitlab_version()}) reads "
+                             f"format {FORMAT_VERSION} or older — upgrade digitlab")
+    for key in ("architecture", "loss", "normalization"):
+        if key not in head:
+            raise ModelFileError(f"cannot load model {path}: header lacks {key!r}")
+    return head
+
+
+def read_model_file(path) -> tuple[Classifier, dict, dict]:
+    """(model, header, extra tensors) from a digitlab safetensors file; ModelFileError naming the file."""
+    path = Path(path)
+    if path.is_dir():
+        raise ModelFileError(f"cannot load model {path}: it is a directory, not a model file")
+    if not path.exists():
+        raise ModelFileError(f"cannot load model {path}: no such file")
+    if path.stat().st_size == 0:
+        raise ModelFileError(f"cannot load model {path}: the file is empty")
+    meta, tensors = _read_safetensors(path)
+    head = _parse_header(path, meta)
+    try:
+        dtype = np.dtype(head.get("dtype", "float32"))
+        if dtype not in (np.float32, np.float64):
+            raise ConfigError(f"unsupported dtype {dtype}")
+        net = Sequential.from_spec(head["architecture"], dtype=dtype)
+        net.load_state_dict(tensors)
+        model = Classifier(net, head["loss"], head["normalization"], head.get("class_names"),
+                           metadata=head, input_shape=head.get("input_shape"))
+    except (ConfigError, ValueError, TypeError) as exc:
+        raise ModelFileError(f"cannot load model {path}: {exc}") from None
+    names = set(net.param_names())
+    stray = sorted(k for k in tensors if k not in names and k.split(".")[0].isdigit())
+    if stray:
+        raise ModelFileError(f"cannot load model {path}: unexpected weights {', '.join(stray)} "
+                             f"for its architecture")
+    extra = {k: v for k, v in tensors.items() if k not in names}
+    return model, head, extra
+
+
+def load(path) -> Classifier:
+    """A Classifier from a digitlab model file; ModelFileError naming the file for any unusable file."""
+    return read_model_file(path)[0]
+
+
+# -- builders -----------------------------------------------------------------------------------------
+
+def build_linear(input_dim: int, num_classes: int, init="zeros", bias: bool = True,
+                 rng: np.random.Generator | None = None, dtype=np.float32) -> Sequential:
+    """One Linear layer: softmax regression with "softmax_ce", one-vs-rest logistic with "sigmoid_bce"."""
+    return Sequential([Linear(input_dim, num_classes, bias=bias, init=init, rng=rng, dtype=dtype)])
+
+
+def build_mlp(input_dim: int, hidden, num_classes: int, activation: str = "relu", init="he_normal",
+              bias: bool = True, dropout: float = 0.0, rng: np.random.Generator | None = None,
+              dtype=np.float32) -> Sequential:
+    """Linear -> activation (-> Dropout) for each hidden width, then a Linear to num_classes.
+
+    `init` is one initializer for every layer or a list with one per Linear layer.
+    """
+    hidden = [int(h) for h in hidden]
+    widths = [int(input_dim), *hidden, int(num_classes)]
+    n_linear = len(widths) - 1
+    inits = list(init) if isinstance(init, (list, tuple)) else [init] * n_linear
+    if len(inits) != n_linear:
+        raise ConfigError(f"{len(inits)} initializers given for {n_linear} Linear layers")
+    if activation not in ACTIVATIONS:
+        raise ConfigError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+    layers = []
+    for k in range(n_linear):
+        layers.append(Linear(widths[k], widths[k + 1], bias=bias, init=inits[k], rng=rng, dtype=dtype))
+        if k < n_linear - 1:
+            layers.append(ACTIVATIONS[activation]())
+            if dropout:
+                layers.append(Dropout(dropout, rng=rng))
+    return Sequential(layers)

@@ -1,0 +1,207 @@
+"""Optimizers that see only lists of arrays, and learning-rate schedules as plain functions of the step.
+
+    from digitlab.nn.optim import SGD, Adam, cosine, warmup
+    opt = SGD(momentum=0.9, nesterov=True, weight_decay=5e-4)
+    schedule = warmup(cosine(0.1, total_steps=9380), warmup_steps=500)
+    for step in range(9380):
+        ...                                      # forward, loss, backward
+        opt.step(net.parameters(), net.grads(), schedule(step))   # updates the parameters in place
+    state = opt.state_dict()                     # {"name": "sgd", "t": 9380, ..., "velocity.0": array, ...}
+    opt.load_state_dict(state)                   # resume bit-identically
+
+Conventions (PyTorch's, so recipes carry over):
+  weight decay (L2):  g <- g + wd * p                        (applied to every array passed in)
+  SGD:                p <- p - lr * g
+  momentum:           v <- mu * v + g;   p <- p - lr * v
+  Nesterov:           v <- mu * v + g;   p <- p - lr * (g + mu * v)
+  Adam:               m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2;  t <- t + 1
+                      p <- p - lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)
+`step` leaves `grads` unchanged (it works in its own scratch arrays) and allocates nothing after the first
+call. `state_dict()` is a flat dict of scalars and arrays (safetensors-friendly).
+"""
+
+from __future__ import annotations
+
+import math
+
+from digitlab.errors import ConfigError, TrainingError
+from digitlab.nn.backend import array_module
+
+
+class Optimizer:
+    """Base: per-parameter state arrays created lazily, keyed "<kind>.<index>"."""
+
+    name = "optimizer"
+    hyper: tuple[str, ...] = ()
+    slots: tuple[str, ...] = ()
+    weight_decay = 0.0
+
+    def __init__(self):
+        self.t = 0
+        self.state: dict = {}
+
+    def _slot(self, kind, i, like):
+        key = f"{kind}.{i}"
+        arr = self.state.get(key)
+        if arr is None:
+            arr = self.state[key] = array_module(like).zeros_like(like)
+        return arr
+
+    def _decayed(self, i, p, g):
+        """g + wd * p in a scratch array (g itself when there is no weight decay)."""
+        if not self.weight_decay:
+            return g
+        xp = array_module(p)
+        d = self._slot("scratch_wd", i, p)
+        xp.multiply(p, self.weight_decay, out=d)
+        d += g
+        return d
+
+    def step(self, params: list, grads: list, lr: float) -> None:
+        if len(params) != len(grads):
+            raise ValueError(f"{len(params)} parameters but {len(grads)} gradients")
+        self.t += 1
+        for i, (p, g) in enumerate(zip(params, grads)):
+            self._update(i, p, self._decayed(i, p, g), float(lr))
+
+    def state_dict(self) -> dict:
+        out = {"name": self.name, "t": self.t}
+        out.update({h: getattr(self, h) for h in self.hyper})
+        out.update({k: v.copy() for k, v in self.state.items() if k.split(".")[0] in self.slots})
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("name") != self.name:
+            raise TrainingError(f"optimizer state is for {state.get('name')!r}, not {self.name!r}")
+        for h in self.hyper:
+            if h in state and state[h] != getattr(self, h):
+                raise TrainingError(f"optimizer state has {h}={state[h]!r}, this run uses {getattr(self, h)!r}")
+        self.t = int(state["t"])
+        self.state = {k: array_module(v).array(v, copy=True) for k, v in state.items()
+                      if k.split(".")[0] in self.slots}
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, optional momentum (heavy-ball or Nesterov) and L2 weight decay."""
+
+    name = "sgd"
+    hyper = ("momentum", "nesterov", "weight_decay")
+    slots = ("velocity",)
+
+    def __init__(self, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
+        super().__init__()
+        if not 0.0 <= momentum < 1.0:
+            raise ConfigError(f"momentum must be in [0, 1), got {momentum}")
+        if nesterov and momentum == 0.0:
+            raise ConfigError("Nesterov momentum needs momentum > 0")
+        self.momentum, self.nesterov, self.weight_decay = float(momentum), bool(nesterov), float(weight_decay)
+
+    def _update(self, i, p, g, lr):
+        xp = array_module(p)
+        s = self._slot("scratch", i, p)
+        if self.momentum:
+            v = self._slot("velocity", i, p)
+            v *= self.momentum
+            v += g                                           # v <- mu v + g
+            if self.nesterov:
+                xp.multiply(v, self.momentum, out=s)
+                s += g                                       # g + mu v
+                g = s
+            else:
+                g = v
+        xp.multiply(g, lr, out=s)                            # lr * step direction
+        p -= s
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) with bias correction and optional L2 weight decay (coupled, added to the gradient)."""
+
+    name = "adam"
+    hyper = ("beta1", "beta2", "eps", "weight_decay")
+    slots = ("m", "v")
+
+    def __init__(self, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0):
+        super().__init__()
+        if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
+            raise ConfigError(f"Adam betas must be in [0, 1), got {beta1}, {beta2}")
+        self.beta1, self.beta2, self.eps, self.weight_decay = float(beta1), float(beta2), float(eps), float(weight_decay)
+
+    def _update(self, i, p, g, lr):
+        xp = array_module(p)
+        m, v, s = self._slot("m", i, p), self._slot("v", i, p), self._slot("scratch", i, p)
+        m *= self.beta1
+        xp.multiply(g, 1.0 - self.beta1, out=s)
+        m += s                                               # m <- b1 m + (1-b1) g
+        v *= self.beta2
+        xp.multiply(g, g, out=s)
+        s *= 1.0 - self.beta2
+        v += s                                               # v <- b2 v + (1-b2) g^2
+        c1 = 1.0 - self.beta1 ** self.t
+        c2 = 1.0 - self.beta2 ** self.t
+        xp.divide(v, c2, out=s)
+        xp.sqrt(s, out=s)
+        s += self.eps                                        # sqrt(v_hat) + eps
+        xp.divide(m, s, out=s)
+        s *= lr / c1                                         # lr * m_hat / (sqrt(v_hat) + eps)
+        p -= s
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam}
+
+
+def make_optimizer(name: str, **kwargs) -> Optimizer:
+    """SGD/Adam by name with keyword hyper-parameters; ConfigError for unknown names or options."""
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    try:
+        return OPTIMIZERS[name](**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"optimizer {name!r}: {exc}") from None
+
+
+# -- learning-rate schedules: functions step -> lr (step counts from 0) ----------------------------------
+
+def constant(lr: float):
+    """lr at every step."""
+    return lambda step: float(lr)
+
+
+def step_decay(lr: float, every: int, gamma: float = 0.1):
+    """lr * gamma ** (step // every)."""
+    if every <= 0:
+        raise ConfigError(f"step_decay needs every > 0, got {every}")
+    return lambda step: float(lr) * gamma ** (step // every)
+
+
+def cosine(lr: float, total_steps: int, min_lr: float = 0.0):
+    """Cosine annealing from lr (step 0) to min_lr (step total_steps and after)."""
+    if total_steps <= 0:
+        raise ConfigError(f"cosine needs total_steps > 0, got {total_steps}")
+
+    def schedule(step):
+        frac = min(step, total_steps) / total_steps
+        return min_lr + (float(lr) - min_lr) * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+    return schedule
+
+
+def warmup(schedule, warmup_steps: int):
+    """Linear warm-up: schedule(step) * (step + 1) / warmup_steps for the first warmup_steps steps."""
+    if warmup_steps <= 0:
+        return schedule
+    return lambda step: schedule(step) * min(1.0, (step + 1) / warmup_steps)
+
+
+SCHEDULES = {"constant": constant, "step_decay": step_decay, "cosine": cosine}
+
+
+def make_schedule(name: str, lr: float, total_steps: int, warmup_steps: int = 0, **kwargs):
+    """A schedule by name ("constant", "step_decay" (every, gamma), "cosine" (min_lr)), optionally warmed up."""
+    if name not in SCHEDULES:
+        raise ConfigError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+    if name == "cosine":
+        kwargs.setdefault("total_steps", total_steps)
+    try:
+        return warmup(SCHEDULES[name](lr, **kwargs), warmup_steps)
+    except TypeError as exc:
+        raise ConfigError(f"schedule {name!r}: {exc}") from None
