@@ -1,0 +1,310 @@
+"""Data sets as arrays: loading, splits, THE normalisation function, and the mini-batch iterator.
+
+    from digitlab.data.dataset import load, load_dataset, normalize, train_val_split, batches
+    images, labels = load("mnist", split="train")          # uint8 (60000, 28, 28), uint8 (60000,)
+    ds = load_dataset("fashion-mnist")                     # ds.train.images, ds.test.labels, ds.class_names
+    x = normalize(images, "unit")                          # float32 (N, 784) in [0, 1]
+    tr, va = train_val_split(labels, val_size=5000, seed=0, stratify=True)
+    rng = np.random.default_rng(0)
+    for xb, yb in batches(images[tr], labels[tr], 64, rng=rng):   # float32 (64, 784), int64 (64,)
+        ...
+
+Where the files come from is `digitlab.data.sources`; this module never reads environment variables itself
+(`load_dataset` passes through to `sources.resolve`, which reads DIGITLAB_DATA_DIR once at the top).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from digitlab.errors import ConfigError, DataError
+
+__all__ = [
+    "Split",
+    "Dataset",
+    "load",
+    "load_dataset",
+    "normalize",
+    "SCHEMES",
+    "MNIST_MEAN",
+    "MNIST_STD",
+    "train_val_split",
+    "sklearn_train_test_split_indices",
+    "batches",
+]
+
+MNIST_MEAN = 0.1307  # on the [0, 1] scale (pytorch/examples)
+MNIST_STD = 0.3081
+SCHEMES = ("unit", "raw", "standard")
+SPLITS = ("train", "test", "all")
+
+
+class Split(NamedTuple):
+    """One split: `images` uint8 [N, 28, 28], `labels` uint8 [N]. Unpacks as `x, y = ds.train`."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    train: Split
+    test: Split
+    source: Path  # folder the files were read from
+    checksums: dict  # file stem -> sha256 of the uncompressed content
+    class_names: list
+    notice: str | None = None  # e.g. the fall-back-to-sample notice
+    how: str = ""  # which resolution step found it: data_dir, DIGITLAB_DATA_DIR, cache, system, download, bundled
+
+    def split(self, split: str = "train") -> Split:
+        if split == "train":
+            return self.train
+        if split == "test":
+            return self.test
+        if split == "all":  # train then test, like fetch_openml's 70,000 rows
+            return Split(
+                np.concatenate([self.train.images, self.test.images]),
+                np.concatenate([self.train.labels, self.test.labels]),
+            )
+        raise ConfigError(f"unknown split {split!r} (choose from {', '.join(SPLITS)})")
+
+
+def load_dataset(
+    name: str = "mnist",
+    data_dir=None,
+    *,
+    download: bool = True,
+    quiet: bool = False,
+    registry: Mapping | None = None,
+    **resolve_kwargs,
+) -> Dataset:
+    """Find, verify and read a data set (see `digitlab.data.sources.resolve` for the order of places).
+
+    A fall-back notice (e.g. "using the bundled mnist-sample") is kept in `.notice` and printed as one
+    line on stderr unless `quiet`.
+    """
+    from digitlab.data.sources import resolve
+
+    found = resolve(name, data_dir, registry=registry, download=download, progress=not quiet, **resolve_kwargs)
+    if found.notice and not quiet:
+        print(found.notice, file=sys.stderr)
+    a = found.arrays
+    return Dataset(
+        name=found.spec.name,
+        train=Split(a["train_images"], a["train_labels"]),
+        test=Split(a["test_images"], a["test_labels"]),
+        source=found.source,
+        checksums=dict(found.checksums),
+        class_names=list(found.spec.class_names),
+        notice=found.notice,
+        how=found.how,
+    )
+
+
+def load(name: str = "mnist", split: str = "train", data_dir=None, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 [N, 28, 28], labels uint8 [N]) for split "train", "test" or "all" (train then test)."""
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r} (choose from {', '.join(SPLITS)})")
+    return tuple(load_dataset(name, data_dir, **kwargs).split(split))
+
+
+# --------------------------------------------------------------------------------------------- normalisation
+
+
+def _scale_into(x: np.ndarray, scheme: str, dtype, from_unit: bool) -> np.ndarray:
+    """x (uint8 0..255, or float on [0, 1] when from_unit) -> new float array in `scheme`."""
+    dtype = np.dtype(dtype)
+    if scheme == "unit":
+        return (x.astype(dtype) if from_unit else np.divide(x, dtype.type(255), dtype=dtype))
+    if scheme == "raw":
+        return np.multiply(x, dtype.type(255), dtype=dtype) if from_unit else x.astype(dtype)
+    if scheme == "standard":
+        out = x.astype(dtype) if from_unit else np.divide(x, dtype.type(255), dtype=dtype)
+        out -= dtype.type(MNIST_MEAN)  # in place: no extra temporaries
+        out /= dtype.type(MNIST_STD)
+        return out
+    raise ConfigError(f"unknown normalization scheme {scheme!r} (choose from {', '.join(SCHEMES)})")
+
+
+def _check_unit(x: np.ndarray) -> None:
+    """Float images must be finite and on [0, 1]; a 0..255 float array would otherwise be silently wrong."""
+    if x.size and (not np.isfinite(x).all() or x.min() < 0 or x.max() > 1):
+        finite = x[np.isfinite(x)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (float("nan"),) * 2
+        raise DataError(
+            f"float images must be finite and on the [0, 1] scale, got values in [{lo:g}, {hi:g}]"
+            f"{'' if finite.size == x.size else ' and non-finite values'}; pass uint8 0..255 or divide by 255 first"
+        )
+
+
+def normalize(images, scheme: str = "unit", dtype=np.float32) -> np.ndarray:
+    """uint8 [N,28,28] / [N,784] (0..255) or float on [0, 1] -> float [N, 784] in `scheme`.
+
+    Schemes: "unit" (x/255), "raw" (0..255 as floats), "standard" ((x/255 - 0.1307) / 0.3081).
+    THE one place normalisation lives; models record their scheme.
+    """
+    x = np.asarray(images)
+    if x.ndim == 2 and x.shape[1] == 784:
+        flat = x
+    elif x.ndim == 3 and x.shape[1:] == (28, 28):
+        flat = x.reshape(len(x), 784)  # (N, 28, 28) -> (N, 784), a view when contiguous
+    else:
+        raise DataError(f"images must be [N, 28, 28] or [N, 784], got shape {x.shape}")
+    if np.dtype(dtype).kind != "f":
+        raise ConfigError(f"normalize: dtype must be a float type, got {np.dtype(dtype)}")
+    if x.dtype == np.uint8:
+        return _scale_into(flat, scheme, dtype, from_unit=False)
+    if x.dtype.kind == "f":
+        _check_unit(flat)
+        return _scale_into(flat, scheme, dtype, from_unit=True)
+    raise DataError(f"images must be uint8 (0..255) or float on [0, 1], got dtype {x.dtype}")
+
+
+# ------------------------------------------------------------------------------------------------------- splits
+
+
+def _count(size, n: int, what: str) -> int:
+    if isinstance(size, (bool, np.bool_)):
+        raise ConfigError(f"{what} must be an int count or a float fraction, got {size!r}")
+    if isinstance(size, (int, np.integer)):
+        k = int(size)
+    elif isinstance(size, (float, np.floating)) and 0.0 < size < 1.0:
+        k = math.ceil(size * n)
+    else:
+        raise ConfigError(f"{what} must be a count in 1..{n - 1} or a fraction in (0, 1), got {size!r}")
+    if not 0 < k < n:
+        raise ConfigError(f"{what} = {size!r} leaves an empty split for {n} samples")
+    return k
+
+
+def train_val_split(labels, val_size, seed, stratify: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic split of range(N) -> (train_idx, val_idx), both sorted int64.
+
+    `val_size`: int count or float fraction (rounded up). `stratify=True` keeps each class's share: the
+    per-class validation counts are the largest-remainder rounding of val_count * class_count / N.
+    """
+    labels = np.asarray(labels)
+    n = len(labels)
+    k = _count(val_size, n, "val_size")
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    perm = rng.permutation(n)  # (N,)
+    if not stratify:
+        val = perm[:k]
+    else:
+        grouped = perm[np.argsort(labels[perm], kind="stable")]  # by class, random order inside each class
+        classes, counts = np.unique(labels, return_counts=True)
+        quota = counts * (k / n)  # (C,)
+        take = np.floor(quota).astype(np.int64)
+        order = np.lexsort((np.arange(len(counts)), -(quota - take)))  # largest remainder first, ties by class
+        take[order[: k - int(take.sum())]] += 1
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])  # (C,)
+        val = np.concatenate([grouped[s : s + t] for s, t in zip(starts, take)])
+    mask = np.ones(n, dtype=bool)
+    mask[val] = False
+    return np.flatnonzero(mask).astype(np.int64), np.sort(val).astype(np.int64)
+
+
+def sklearn_train_test_split_indices(n: int, test_size=0.2, random_state: int = 42) -> tuple[np.ndarray, np.ndarray]:
+    """The (train_idx, test_idx) that scikit-learn's `train_test_split(..., test_size, random_state)` picks.
+
+    Same algorithm as sklearn's ShuffleSplit, without depending on scikit-learn: a legacy
+    `np.random.RandomState(random_state).permutation(n)`; the first ceil(test_size * n) indices (or
+    `test_size` when it is an int) are the test set, the next n - n_test the training set, in that order.
+    """
+    if isinstance(test_size, (float, np.floating)):
+        if not 0.0 < test_size < 1.0:
+            raise ConfigError(f"test_size fraction must be in (0, 1), got {test_size!r}")
+        n_test = math.ceil(test_size * n)
+    else:
+        n_test = int(test_size)
+    n_train = n - n_test
+    if n_test <= 0 or n_train <= 0:
+        raise ConfigError(f"test_size = {test_size!r} leaves an empty split for {n} samples")
+    perm = np.random.RandomState(random_state).permutation(n)  # noqa: NPY002 - reproducing sklearn exactly
+    return perm[n_test : n_test + n_train], perm[:n_test]
+
+
+# ------------------------------------------------------------------------------------------------------ batches
+
+ORDERS = ("shuffle", "sequential", "replacement")
+
+
+def batches(
+    images,
+    labels,
+    batch_size: int,
+    *,
+    order: str = "shuffle",
+    rng: np.random.Generator | int | None = None,
+    scheme: str = "unit",
+    dtype=np.float32,
+    steps: int | None = None,
+    drop_last: bool = False,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (x float [B, 784] in `scheme`, y int64 [B]) mini-batches.
+
+    order: "shuffle" (a fresh permutation each epoch), "sequential" (slices in order), or "replacement"
+    (B indices drawn with replacement per step; needs `steps`). `steps=None` is one epoch; a number gives
+    exactly that many batches, starting new epochs as needed. Never copies the whole data set: images are
+    flattened once as a view and each batch is one `np.take` plus one scaling into float.
+    """
+    x = np.asarray(images)
+    n = len(x)
+    if x.ndim == 3:
+        x = x.reshape(n, -1)  # (N, 28, 28) -> (N, 784), a view when contiguous
+    y = np.asarray(labels)
+    if len(y) != n:
+        raise DataError(f"batches: {n} images but {len(y)} labels")
+    if n == 0:
+        raise DataError("batches: empty data set")
+    if order not in ORDERS:
+        raise ConfigError(f"unknown batch order {order!r} (choose from {', '.join(ORDERS)})")
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if steps is not None and (not isinstance(steps, (int, np.integer)) or steps < 0):
+        raise ConfigError(f"steps must be a non-negative integer, got {steps!r}")
+    if order == "replacement" and steps is None:
+        raise ConfigError("order='replacement' needs steps= (there is no natural epoch end)")
+    if order != "sequential":
+        if rng is None:
+            raise ConfigError(f"order={order!r} needs rng= (a numpy.random.Generator or an int seed)")
+        if not isinstance(rng, np.random.Generator):
+            rng = np.random.default_rng(rng)
+    y64 = y.astype(np.int64, copy=False)  # (N,) labels once, ~8 bytes per sample
+    from_unit = x.dtype.kind == "f"
+    if from_unit:
+        _check_unit(x)  # once, not per batch
+    _scale_into(x[:1], scheme, dtype, from_unit)  # validates the scheme before the loop
+
+    def one(idx):  # (B,) indices -> (B, 784) float, (B,) int64
+        return _scale_into(np.take(x, idx, axis=0), scheme, dtype, from_unit), np.take(y64, idx)
+
+    bs = int(batch_size)
+    per_epoch = n // bs if drop_last else -(-n // bs)
+    if per_epoch == 0:
+        raise ConfigError(f"batch_size {bs} > {n} samples with drop_last=True yields no batches")
+    total = per_epoch if steps is None else int(steps)
+    if order == "replacement":
+        for _ in range(total):
+            yield one(rng.integers(0, n, size=bs))
+        return
+    done = 0
+    while done < total:
+        perm = rng.permutation(n) if order == "shuffle" else None  # (N,) int64
+        for b in range(per_epoch):
+            if done >= total:
+                return
+            lo, hi = b * bs, min((b + 1) * bs, n)
+            if perm is None:  # sequential: slicing is a view, no gather needed
+                yield _scale_into(x[lo:hi], scheme, dtype, from_unit), y64[lo:hi]
+            else:
+                yield one(perm[lo:hi])
+            done += 1
