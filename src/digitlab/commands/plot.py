@@ -18,7 +18,7 @@ from pathlib import Path
 
 from digitlab.commands._common import add_json_flag, emit
 
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "test", "all")  # as digitlab.data.load
 
 
 def register(subparsers) -> None:
@@ -39,7 +39,7 @@ def register(subparsers) -> None:
                          description="The ten 28x28 templates of a linear model (diverging colormap centred on 0) "
                                      "or a grid of first-layer units of a deeper model.")
     w.add_argument("model", metavar="MODEL", type=Path, help="a model file (model.safetensors)")
-    w.add_argument("--units", type=int, default=64, help="how many first-layer units to draw for a deeper model")
+    w.add_argument("--units", type=int, default=64, help="how many first-layer units to draw for a deeper model (default: 64)")
     _add_out(w, "weights.png next to MODEL")
     w.set_defaults(func=cmd_weights)
 
@@ -53,7 +53,7 @@ def register(subparsers) -> None:
     m = kinds.add_parser("mistakes", help="the most confident mistakes of a model",
                          description="The most confident mistakes of a model, titled 'true 4 → pred 9 (0.98)'.")
     m.add_argument("model", metavar="MODEL", type=Path, help="a model file (model.safetensors)")
-    m.add_argument("--n", type=int, default=36, help="how many mistakes to show")
+    m.add_argument("--n", type=int, default=36, help="how many mistakes to show (default: 36)")
     _add_data_flags(m)
     _add_out(m, "mistakes.png next to MODEL (mistakes-SPLIT.png for other splits)")
     m.set_defaults(func=cmd_mistakes)
@@ -61,8 +61,8 @@ def register(subparsers) -> None:
     s = kinds.add_parser("samples", help="a grid of examples per class of a data set",
                          description="A grid with one row of examples per class, class names as row labels.")
     s.add_argument("dataset", metavar="DATASET", type=str, help="data set name: mnist, fashion-mnist, mnist-sample")
-    s.add_argument("--per-class", type=int, default=10, help="examples per class (the first ones of the split)")
-    s.add_argument("--split", type=str, default="train", choices=SPLITS, help="which split to draw from")
+    s.add_argument("--per-class", type=int, default=10, help="examples per class, the first ones of the split (default: 10)")
+    s.add_argument("--split", type=str, default="train", choices=SPLITS, help="which split to draw from (default: train)")
     s.add_argument("--data-dir", type=Path, default=None, help="folder holding the data files (default: the cache)")
     _add_out(s, "./samples-DATASET.png")
     s.set_defaults(func=cmd_samples)
@@ -76,7 +76,7 @@ def _add_out(parser, default_text: str) -> None:
 def _add_data_flags(parser) -> None:
     parser.add_argument("--dataset", type=str, default=None,
                         help="data set to evaluate on (default: the one the model was trained on, else mnist)")
-    parser.add_argument("--split", type=str, default="test", choices=SPLITS, help="which split to evaluate on")
+    parser.add_argument("--split", type=str, default="test", choices=SPLITS, help="which split to evaluate on (default: test)")
     parser.add_argument("--data-dir", type=Path, default=None, help="folder holding the data files (default: the cache)")
 
 
@@ -103,10 +103,12 @@ def _dataset_of(model, requested: str | None) -> str:
 
 
 def _load_split(dataset: str, split: str, data_dir):
+    """(images uint8 [N,28,28], labels [N], class names) of one split of a data set."""
     import digitlab.data
 
-    images, labels = digitlab.data.load(dataset, split=split, data_dir=data_dir)
-    return images, labels
+    found = digitlab.data.load_dataset(dataset, data_dir)
+    images, labels = found.split(split)
+    return images, labels, found.class_names
 
 
 def cmd_curves(args) -> int:
@@ -138,7 +140,7 @@ def cmd_confusion(args) -> int:
 
     model = digitlab.load(args.model)
     dataset = _dataset_of(model, args.dataset)
-    images, labels = _load_split(dataset, args.split, args.data_dir)
+    images, labels, _ = _load_split(dataset, args.split, args.data_dir)
     plot = plots.plot_confusion(model, images, labels, _model_out(args, "confusion"), title=f"{dataset} {args.split}")
     return _report(args, plot)
 
@@ -151,7 +153,7 @@ def cmd_mistakes(args) -> int:
     if args.n < 1:
         raise ConfigError(f"--n must be at least 1, got {args.n}")
     model = digitlab.load(args.model)
-    images, labels = _load_split(_dataset_of(model, args.dataset), args.split, args.data_dir)
+    images, labels, _ = _load_split(_dataset_of(model, args.dataset), args.split, args.data_dir)
     return _report(args, plots.plot_mistakes(model, images, labels, _model_out(args, "mistakes"), n=args.n))
 
 
@@ -161,19 +163,8 @@ def cmd_samples(args) -> int:
 
     if args.per_class < 1:
         raise ConfigError(f"--per-class must be at least 1, got {args.per_class}")
-    images, labels = _load_split(args.dataset, args.split, args.data_dir)
+    images, labels, names = _load_split(args.dataset, args.split, args.data_dir)
     out = args.out or Path(f"samples-{args.dataset}.png")
-    names = _class_names_of(args.dataset)
     plot = plots.plot_samples(images, labels, out, per_class=args.per_class, class_names=names,
                               title=f"{args.dataset} ({args.split}): {args.per_class} examples per class")
     return _report(args, plot)
-
-
-def _class_names_of(dataset: str) -> list[str] | None:
-    """Class names the data package knows for `dataset` (e.g. Fashion-MNIST's), else None (digits 0-9)."""
-    import digitlab.data
-
-    get = getattr(digitlab.data, "class_names", None)
-    if callable(get):
-        return list(get(dataset))
-    return None
