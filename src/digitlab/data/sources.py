@@ -397,6 +397,7 @@ def fetch(
         tmp = Path(tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=dest)[1])
         try:
             shutil.copyfile(src, tmp)
+            os.chmod(tmp, 0o644)  # mkstemp made it 0600; cached data is readable like a download
             for other in spellings(stem):
                 (dest / other).unlink(missing_ok=True)
             os.replace(tmp, target)
