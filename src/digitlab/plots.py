@@ -242,7 +242,7 @@ def plot_weights(model, out, max_units: int = MAX_UNITS) -> Plot:
     W, n_weighted = _first_layer_weights(model)  # (784, K)
     if n_weighted == 1:
         return _plot_templates(W, _class_names(model, W.shape[1]), out)
-    return _plot_units(W[:, :max_units], out)
+    return _plot_units(W[:, :max_units], W.shape[1], out)
 
 
 def _plot_templates(W: np.ndarray, names: list[str], out) -> Plot:
@@ -262,7 +262,7 @@ def _plot_templates(W: np.ndarray, names: list[str], out) -> Plot:
     return _save(fig, "weights", out)
 
 
-def _plot_units(W: np.ndarray, out) -> Plot:
+def _plot_units(W: np.ndarray, total: int, out) -> Plot:
     scale = np.abs(W).max(axis=0, keepdims=True)  # (1, K)
     tiles = (W / np.where(scale > 0, scale, 1.0)).T.reshape(-1, SIDE, SIDE)  # (784, K) -> (K, 28, 28) in [-1, 1]
     ncols = math.ceil(math.sqrt(len(tiles)))
@@ -270,7 +270,7 @@ def _plot_units(W: np.ndarray, out) -> Plot:
     ax = fig.add_axes((0.02, 0.02, 0.96, 0.91))
     ax.imshow(_montage(tiles, ncols, 2, 0, 0.0), cmap="RdBu_r", vmin=-1.0, vmax=1.0, interpolation="nearest")
     _bare(ax)
-    fig.suptitle(f"first {len(tiles)} first-layer units (each scaled to its own max |w|; red +, blue -)")
+    fig.suptitle(f"first {len(tiles)} of {total} first-layer units (each scaled to its own max |w|; red +, blue -)")
     return _save(fig, "units", out)
 
 
@@ -329,7 +329,8 @@ def plot_mistakes_from_proba(images, labels, proba, names: list[str], out, n: in
                   vmin=0, vmax=float(tiles.max()) or 1.0)
         titles = [f"true {names[t]} → pred {names[p]} ({proba[i, p]:.2f})"
                   for i, t, p in zip(index, labels[index], predicted)]
-        _tile_titles(ax, titles, ncols, SIDE, SIDE, pad, top, fontsize=min(8.0, 48.0 / ncols))
+        longest = max(len(t) for t in titles)  # "true 4 → pred 9 (0.98)" is 22 characters; class names can be longer
+        _tile_titles(ax, titles, ncols, SIDE, SIDE, pad, top, fontsize=min(8.0, 48.0 / ncols * 22 / max(longest, 22)))
     wrong = int((proba.argmax(axis=1) != labels).sum())
     fig.suptitle(f"{len(index)} most confident of {wrong} mistakes on {len(labels)} images")
     return _save(fig, "mistakes", out)
