@@ -16,14 +16,12 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-# starlette's TestClient warns that it runs on httpx; that is its business, not ours.
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 LIMIT = 5 * 1024 * 1024
 
@@ -56,10 +54,11 @@ def model(trained_mlp):
 
 @pytest.fixture(scope="module")
 def client(model):
-    from fastapi.testclient import TestClient
-
     from digitlab.web import create_app
 
+    with warnings.catch_warnings():  # starlette warns that its TestClient runs on httpx; not our business
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
     with TestClient(create_app(model)) as c:
         yield c
 
@@ -232,8 +231,10 @@ def test_broken_images_are_refused_with_a_message(client, digits):
 def test_multipart_without_file_field_is_refused(client, digits):
     r = client.post("/api/predict", files={"image": ("a.png", png_bytes(digits[0][0]), "image/png")})
     assert r.status_code == 422 and '"file"' in r.json()["detail"]
-    r = client.post("/api/predict", data={"file": "not a file"})
-    assert r.status_code == 422
+    r = client.post("/api/predict", data={"file": "not a file"}, files={"other": ("a.txt", b"x", "text/plain")})
+    assert r.status_code == 422 and '"file"' in r.json()["detail"]
+    r = client.post("/api/predict", data={"file": "a form, not an image"})  # urlencoded body
+    assert r.status_code == 415
 
 
 def test_no_request_path_reaches_the_file_system(client):

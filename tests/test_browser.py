@@ -1,0 +1,215 @@
+"""The draw-a-digit page in a real browser: Playwright (sync API) driving Debian's chromium.
+
+    .venv/bin/python -m pytest tests/test_browser.py -q
+
+A real uvicorn server on 127.0.0.1 (free port, background thread) serves the session's trained model. The tests
+draw with mouse events on the canvas and read what the page shows. Screenshots go to test-artifacts/.
+Skipped only when /usr/bin/chromium is missing (install it with `apt-get install -y chromium`).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install -y chromium)"),
+]
+
+
+@pytest.fixture(scope="module")
+def server_url(trained_mlp):
+    """http://127.0.0.1:PORT/ of a uvicorn server running the web app in a background thread."""
+    import uvicorn
+
+    from digitlab.commands.serve import bind_socket
+    from digitlab.web import create_app
+
+    sock = bind_socket("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(create_app(trained_mlp.model), log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    server.should_exit = True
+    thread.join(timeout=15)
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def page(browser, server_url, request):
+    context = browser.new_context(viewport={"width": 1000, "height": 760}, device_scale_factor=1)
+    pg = context.new_page()
+    errors = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    pg.goto(server_url)
+    pg.wait_for_function("document.getElementById('model-info').textContent.startsWith('Model:')")
+    yield pg
+    ARTIFACTS.mkdir(exist_ok=True)
+    pg.screenshot(path=str(ARTIFACTS / f"web-{request.node.name}.png"), full_page=True)
+    context.close()
+    assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+def stroke(page, points) -> None:
+    """Draw one stroke through `points` given as fractions (0..1) of the canvas box."""
+    box = page.locator("#pad").bounding_box()
+    xy = [(box["x"] + fx * box["width"], box["y"] + fy * box["height"]) for fx, fy in points]
+    page.mouse.move(*xy[0])
+    page.mouse.down()
+    for x, y in xy[1:]:
+        page.mouse.move(x, y, steps=3)
+    page.mouse.up()
+
+
+def draw_one(page) -> None:
+    stroke(page, [(0.52, 0.15 + 0.07 * i) for i in range(11)])
+
+
+def draw_zero(page) -> None:
+    n = 36
+    stroke(page, [(0.5 + 0.22 * math.sin(2 * math.pi * i / n), 0.5 - 0.33 * math.cos(2 * math.pi * i / n))
+                  for i in range(n + 2)])
+
+
+def shown_probabilities(page) -> list[str]:
+    return page.eval_on_selector_all("#bars li", "items => items.map(li => li.dataset.probability)")
+
+
+def test_drawn_one_and_zero_are_recognised(page):
+    from playwright.sync_api import expect
+
+    answer = page.locator("#answer-digit")
+    expect(answer).to_have_text("No digit found")
+    draw_one(page)
+    expect(answer).to_have_text("1", timeout=15_000)
+    probs = [float(p) for p in shown_probabilities(page)]
+    assert len(probs) == 10 and int(np.argmax(probs)) == 1 and abs(sum(probs) - 1) < 1e-3
+    assert page.locator("#input28").is_visible()
+    assert page.eval_on_selector("#input28", "img => img.naturalWidth") == 28
+
+    page.click("#clear")
+    draw_zero(page)
+    expect(answer).to_have_text("0", timeout=15_000)
+    assert page.locator("#model-info").text_content().startswith("Model:")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web-page.png"))
+
+
+def test_uploaded_image_is_answered(page, trained_mlp, mnist_dir, tmp_path):
+    """A photo-like file (dark ink on white, bigger than 28x28) gives the answer the model gives for it."""
+    from playwright.sync_api import expect
+    from PIL import Image
+
+    import digitlab.data
+    from digitlab.images import predict_image
+
+    images, labels = digitlab.data.load("mnist", split="test", data_dir=mnist_dir, quiet=True)
+    files = []
+    for image, label in zip(images[:10], labels[:10]):
+        img = Image.fromarray(255 - image, mode="L").resize((168, 168), Image.Resampling.BICUBIC)
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        expected = predict_image(trained_mlp.model, buf.getvalue())["digit"]
+        if expected == int(label):
+            files.append((buf.getvalue(), int(label)))
+    assert len(files) >= 8, "the model misreads most MNIST test digits"
+    for data, label in files[:2]:
+        path = tmp_path / f"digit-{label}.png"
+        path.write_bytes(data)
+        page.set_input_files("#file", str(path))
+        expect(page.locator("#answer-digit")).to_have_text(str(label), timeout=15_000)
+
+    page.set_input_files("#file", files={"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not an image"})
+    expect(page.locator("#status")).to_contain_text("not an image", timeout=15_000)
+
+
+def test_clear_undo_and_keyboard(page):
+    from playwright.sync_api import expect
+
+    answer = page.locator("#answer-digit")
+    draw_one(page)
+    expect(answer).to_have_text("1", timeout=15_000)
+    assert all(p != "" for p in shown_probabilities(page))
+
+    page.click("#clear")
+    expect(answer).to_have_text("No digit found")
+    assert shown_probabilities(page) == [""] * 10
+    widths = page.eval_on_selector_all("#bars .fill", "fills => fills.map(f => f.style.width)")
+    assert widths == ["0%"] * 10
+    assert page.locator("#input28").is_hidden()
+
+    # Undo takes the last stroke away: a "1" with a stray stroke, undone, is a "1" again.
+    draw_one(page)
+    expect(answer).to_have_text("1", timeout=15_000)
+    stroke(page, [(0.2, 0.2), (0.8, 0.2)])
+    page.wait_for_timeout(400)
+    page.click("#undo")
+    expect(answer).to_have_text("1", timeout=15_000)
+
+    # Keyboard: the buttons are reachable with Tab, Enter presses them, Ctrl+Z undoes, Escape clears.
+    page.focus("#undo")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "clear"
+    page.keyboard.press("Enter")
+    expect(answer).to_have_text("No digit found")
+    draw_one(page)
+    expect(answer).to_have_text("1", timeout=15_000)
+    page.keyboard.press("Control+z")
+    expect(answer).to_have_text("No digit found")
+    draw_one(page)
+    expect(answer).to_have_text("1", timeout=15_000)
+    page.keyboard.press("Escape")
+    expect(answer).to_have_text("No digit found")
+    assert page.get_attribute("#answer", "aria-live") == "polite"
+
+
+def test_phone_width_has_no_horizontal_scrolling(browser, server_url):
+    from playwright.sync_api import expect
+
+    context = browser.new_context(viewport={"width": 360, "height": 740}, device_scale_factor=2, has_touch=True)
+    pg = context.new_page()
+    try:
+        pg.goto(server_url)
+        pg.wait_for_function("document.getElementById('model-info').textContent.startsWith('Model:')")
+        draw_one(pg)
+        expect(pg.locator("#answer-digit")).to_have_text("1", timeout=15_000)
+        assert pg.evaluate("document.documentElement.scrollWidth") <= 360
+        box = pg.locator("#pad").bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 360 and box["width"] >= 250
+        assert pg.eval_on_selector("#pad", "c => getComputedStyle(c).touchAction") == "none"
+        ARTIFACTS.mkdir(exist_ok=True)
+        pg.screenshot(path=str(ARTIFACTS / "web-phone-360.png"), full_page=True)
+    finally:
+        context.close()
