@@ -93,7 +93,8 @@ def load_dataset(
     """
     from digitlab.data.sources import resolve
 
-    found = resolve(name, data_dir, registry=registry, download=download, progress=not quiet, **resolve_kwargs)
+    resolve_kwargs.setdefault("progress", not quiet)
+    found = resolve(name, data_dir, registry=registry, download=download, **resolve_kwargs)
     if found.notice and not quiet:
         print(found.notice, file=sys.stderr)
     a = found.arrays

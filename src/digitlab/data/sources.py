@@ -437,7 +437,8 @@ def verify(
             raise DataError(f"{name}: no local copy to verify (looked in {', '.join(map(str, places))}); "
                             f"run `digitlab data fetch {name}`")  # fmt: skip
         specs = [spec]
-    reports = [_verify_dir(spec, directory) for spec in specs if _has_all(spec, directory)]
+    memo: dict[Path, tuple[str | None, str | None]] = {}  # each file is hashed once, whatever the specs
+    reports = [_verify_dir(spec, directory, memo) for spec in specs if _has_all(spec, directory)]
     if not reports:
         find_files(specs[0], directory)  # raises with the missing files
     best = next((r for r in reports if r["ok"]), reports[0])
@@ -454,17 +455,24 @@ def _has_all(spec: DatasetSpec, directory) -> bool:
         return False
 
 
-def _verify_dir(spec: DatasetSpec, directory: Path) -> dict:
+def _hash_file(path: Path) -> tuple[str | None, str | None]:
+    try:
+        return read_idx(path, sha256=True)[1], None
+    except DataError as exc:
+        return None, str(exc)
+
+
+def _verify_dir(spec: DatasetSpec, directory: Path, memo: dict) -> dict:
     files = []
     for role, path in find_files(spec, directory).items():
         stem = spec.files[role]
         expected = None if spec.checksums is None else spec.checksums.get(stem)
-        entry = {"file": stem, "path": str(path), "sha256": None, "expected": expected, "ok": False, "problem": None}
-        try:
-            _, entry["sha256"] = read_idx(path, sha256=True)
-        except DataError as exc:
-            entry["problem"] = str(exc)
-        else:
+        if path not in memo:
+            memo[path] = _hash_file(path)
+        digest, problem = memo[path]
+        entry = {"file": stem, "path": str(path), "sha256": digest, "expected": expected, "ok": False,
+                 "problem": problem}  # fmt: skip
+        if digest is not None:
             entry["ok"] = expected is None or entry["sha256"] == expected
             if not entry["ok"]:
                 entry["problem"] = "checksum mismatch"
