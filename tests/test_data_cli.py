@@ -1,0 +1,116 @@
+"""`digitlab data info|fetch|verify|show` run in-process through digitlab.cli.main."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from data_helpers import STEMS, files_under, gz, write_files
+
+from digitlab.cli import main
+from digitlab.data.sources import REGISTRY
+
+
+def run(capsys, *argv):
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_info_json_on_real_mnist(capsys, mnist_dir):
+    rc, out, err = run(capsys, "data", "info", "mnist", "--data-dir", str(mnist_dir), "--json")
+    assert rc == 0 and err == ""
+    info = json.loads(out)
+    assert info["name"] == "mnist" and info["found_by"] == "data_dir" and info["source"] == str(mnist_dir)
+    assert info["splits"]["train"]["count"] == 60000 and info["splits"]["test"]["count"] == 10000
+    assert sum(info["splits"]["test"]["per_class"]) == 10000 and info["splits"]["train"]["per_class"][1] == 6742
+    assert info["checksums"]["sha256"] == dict(REGISTRY["mnist"].checksums)
+
+
+def test_info_offline_falls_back_to_sample_with_notice(capsys):
+    rc, out, err = run(capsys, "data", "info")
+    assert rc == 0
+    assert out.startswith("mnist-sample: found in ") and "(bundled)" in out
+    assert "train: 10000 images" in out and "test: 2000 images" in out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "using the bundled mnist-sample" in lines[0]
+
+
+def test_fetch_imports_data_dir_into_cache_then_info_finds_it(capsys, mnist_dir):
+    rc, out, _ = run(capsys, "data", "fetch", "mnist", "--data-dir", str(mnist_dir), "--json")
+    assert rc == 0
+    result = json.loads(out)
+    assert result["found_by"] == "cache" and result["source"].endswith("digitlab/mnist")
+    rc, out, err = run(capsys, "data", "info", "mnist", "--json")
+    assert rc == 0 and err == ""
+    assert json.loads(out)["found_by"] == "cache"
+    rc, out, _ = run(capsys, "data", "verify", "mnist")
+    assert rc == 0 and out.strip().endswith("all checksums match")
+
+
+def test_verify_exit_code_and_report(capsys, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(REGISTRY["mnist-sample"].bundled, folder)
+    rc, out, _ = run(capsys, "data", "verify", "--data-dir", str(folder), "--json")
+    assert rc == 0 and json.loads(out)["name"] == "mnist-sample"
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(gz(np.zeros(2000, np.uint8)))  # valid IDX, wrong labels
+    rc, out, _ = run(capsys, "data", "verify", "mnist-sample", "--data-dir", str(folder))
+    assert rc == 1
+    assert "t10k-labels-idx1-ubyte.gz: FAILED: checksum mismatch" in out
+    assert "train-images-idx3-ubyte.gz: ok" in out and out.strip().endswith("checksum verification FAILED")
+    (folder / "t10k-images-idx3-ubyte.gz").write_bytes(b"")
+    rc, out, _ = run(capsys, "data", "verify", "--data-dir", str(folder), "--json")
+    report = json.loads(out)
+    assert rc == 1 and report["name"] is None
+    assert [f["problem"] for f in report["files"]][2].endswith("empty file (0 bytes of IDX data)")
+
+
+def test_show_grid_and_indices(capsys, tmp_path):
+    from PIL import Image
+
+    out_png = tmp_path / "grid.png"
+    rc, out, _ = run(capsys, "data", "show", "mnist-sample", "--grid", "3", "--scale", "2", "--out", str(out_png))
+    assert rc == 0 and out_png.is_file()
+    with Image.open(out_png) as img:
+        assert img.size == (3 * (28 * 2 + 2) + 2, 3 * (28 * 2 + 2 + 12) + 2)
+        pixels = np.asarray(img)
+    assert pixels.max() == 255  # digits drawn
+    rc, out, _ = run(capsys, "data", "show", "mnist-sample", "--split", "train", "--index", "0", "5",
+                     "--out", str(out_png), "--json")  # fmt: skip
+    result = json.loads(out)
+    ds_labels = __import__("digitlab.data", fromlist=["load"]).load("mnist-sample", "train")[1]
+    assert result["indices"] == [0, 5] and result["labels"] == [int(ds_labels[0]), int(ds_labels[5])]
+    assert [p.name for p in files_under(tmp_path)] == ["grid.png"]  # atomic write: no temp files
+
+
+def test_user_errors_are_one_line(capsys, tmp_path):
+    rc, _, err = run(capsys, "data", "show", "mnist-sample", "--index", "5000", "--out", str(tmp_path / "x.png"))
+    assert rc == 1 and err == "digitlab: error: --index 5000 out of range for test split of 2000 images\n"
+    assert not (tmp_path / "x.png").exists()
+    rc, _, err = run(capsys, "data", "info", "nmist")
+    assert rc == 1 and err.startswith("digitlab: error: unknown data set 'nmist'")
+    bad = tmp_path / "bad"
+    write_files(bad, {s: np.zeros((3, 28, 28) if "images" in s else 3, np.uint8) for s in STEMS.values()})
+    (bad / "train-images-idx3-ubyte.gz").write_bytes(b"<html><body>Service Unavailable</body></html>")
+    rc, _, err = run(capsys, "data", "info", "mnist", "--data-dir", str(bad))
+    assert rc == 1
+    assert err == (f"digitlab: error: {bad / 'train-images-idx3-ubyte.gz'}: is an HTML page, not IDX data "
+                   "(a web server's error page saved under this name?)\n")  # fmt: skip
+
+
+def test_console_entry_point_help():
+    proc = subprocess.run([sys.executable, "-m", "digitlab", "data", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    for action in ("info", "fetch", "verify", "show"):
+        assert action in proc.stdout
+
+
+@pytest.mark.parametrize("action", ["info", "fetch", "verify", "show"])
+def test_every_action_has_json_flag(action, capsys):
+    with pytest.raises(SystemExit):
+        main(["data", action, "--help"])
+    assert "--json" in capsys.readouterr().out
