@@ -123,16 +123,19 @@ def load(name: str = "mnist", split: str = "train", data_dir=None, **kwargs) -> 
 def _scale_into(x: np.ndarray, scheme: str, dtype, from_unit: bool) -> np.ndarray:
     """x (uint8 0..255, or float on [0, 1] when from_unit) -> new float array in `scheme`."""
     dtype = np.dtype(dtype)
-    if scheme == "unit":
-        return (x.astype(dtype) if from_unit else np.divide(x, dtype.type(255), dtype=dtype))
+    if scheme not in SCHEMES:
+        raise ConfigError(f"unknown normalization scheme {scheme!r} (choose from {', '.join(SCHEMES)})")
+    out = x.astype(dtype)  # the one new array; everything below is in place
     if scheme == "raw":
-        return np.multiply(x, dtype.type(255), dtype=dtype) if from_unit else x.astype(dtype)
-    if scheme == "standard":
-        out = x.astype(dtype) if from_unit else np.divide(x, dtype.type(255), dtype=dtype)
-        out -= dtype.type(MNIST_MEAN)  # in place: no extra temporaries
-        out /= dtype.type(MNIST_STD)
+        if from_unit:
+            out *= dtype.type(255)
         return out
-    raise ConfigError(f"unknown normalization scheme {scheme!r} (choose from {', '.join(SCHEMES)})")
+    if not from_unit:
+        out /= dtype.type(255)  # exactly x/255, correctly rounded in `dtype`
+    if scheme == "standard":
+        out -= dtype.type(MNIST_MEAN)
+        out /= dtype.type(MNIST_STD)
+    return out
 
 
 def _check_unit(x: np.ndarray) -> None:
