@@ -1,0 +1,543 @@
+"""Photos and drawings -> 28x28 MNIST-style model input.
+
+    from digitlab.images import load_image, to_mnist, predict_image
+    img = load_image("my-digit.jpg")            # PIL.Image, mode "L" or "RGB"; raises ImageError
+    x, found = to_mnist(img)                    # uint8 [28, 28], 0 = background, 255 = ink
+    result = predict_image(model, "my-digit.jpg", top=3)
+    result["digit"], result["probabilities"], result["input"], result["top"], result["found"]
+
+The preprocessing follows the MNIST page: the NIST digits were size-normalised to fit a 20x20 box keeping
+their aspect ratio (anti-aliased, so grey levels appear) and centred in 28x28 by their centre of mass. A
+photo of a digit on paper needs more than that first, so `to_mnist` does, step by step:
+
+1. grey levels; a coarse copy (longer side 256 px) for the global decisions;
+2. a smooth background (a quadratic surface fitted robustly, ink excluded) that takes out uneven paper and
+   lighting, tint and vignetting; the side of the background the residual's heavy tail lies on is the ink
+   polarity (dark ink on light paper is inverted, so ink is always bright);
+3. ink = residual above the noise level (soft threshold, strokes keep their grey edges); specks are
+   dropped by keeping only the connected ink components that carry a real share of the ink; too little
+   contrast or ink -> "no digit found";
+4. the ink's bounding box is cropped from the full-resolution image and resampled so its longer side is
+   ~100 px; there the stroke width is measured (2 x area / perimeter) and, when it is outside the range
+   seen on MNIST, the strokes are grown or thinned with a grey-level disc dilation/erosion;
+5. one anti-aliased resample (Lanczos) puts the ink's longer side at 20 px with its intensity centre of
+   mass at pixel (14, 14), where MNIST's digits have theirs; the strokes are stretched to reach 255.
+
+Everything is NumPy on whole arrays plus Pillow resampling; no per-pixel Python loops.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from digitlab.errors import ImageError
+
+MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb warning limit (about 9459 x 9459)
+MNIST_CENTER = 14.0  # MNIST digits have their intensity centre of mass at pixel index (14, 14)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Knobs of `to_mnist`; the defaults were tuned on MNIST digits turned into photos and drawings."""
+
+    coarse_size: int = 256  # longer side of the copy used for background, polarity and the ink's box
+    work_size: int = 100  # longer side of the ink's box at the working resolution (stroke width, shape)
+    box: int = 20  # the digit's longer side in the output (MNIST: 20)
+    size: int = 28  # output side (MNIST: 28)
+    center: float = MNIST_CENTER  # output centre of mass, pixel index
+    min_contrast: float = 24.0  # grey levels: fainter ink than this is "no digit"
+    min_snr: float = 6.0  # ink must stand this many noise sigmas above the background
+    min_extent: float = 0.02  # ink box smaller than this fraction of the image's longer side is "no digit"
+    speck_share: float = 0.05  # ink components with less than this share of the ink are dropped
+    edge_ramp: tuple[float, float] = (0.25, 0.65)  # ink (share of stroke contrast) mapped onto 0..1
+    stroke_range: tuple[float, float] = (0.09, 0.17)  # stroke width / longer side kept as is (MNIST ~p10-p93)
+
+
+DEFAULT_CONFIG = PreprocessConfig()
+
+
+# --------------------------------------------------------------------------------------------- decoding
+
+
+def _source_name(src: Any, name: str | None) -> str:
+    if name:
+        return name
+    if isinstance(src, (str, os.PathLike)):
+        return str(src)
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return "<bytes>"
+    return str(getattr(src, "name", None) or f"<{type(src).__name__}>")
+
+
+def load_image(src: Any, *, name: str | None = None, max_pixels: int = MAX_PIXELS):
+    """Decode `src` (path, bytes, file-like, PIL.Image or NumPy array) into a PIL image of mode "L" or "RGB".
+
+    Takes the first frame of animations, applies the EXIF orientation, maps 16-bit/float/CMYK/palette
+    images to 8-bit grey or RGB and flattens transparency onto white (onto black when the opaque content
+    itself is light, so white strokes on a transparent canvas stay visible). Any problem raises
+    `ImageError` naming the file: "empty file", "not an image", "truncated or corrupt", "too large".
+    """
+    from PIL import Image
+
+    label = _source_name(src, name)
+    if isinstance(src, Image.Image):
+        img = src
+    elif isinstance(src, np.ndarray):
+        img = _array_to_image(src, label)
+    else:
+        img = _open(src, label, max_pixels)
+    w, h = img.size
+    if w * h > max_pixels:
+        raise ImageError(f"{label}: too large: {w}×{h} pixels (limit {max_pixels:,} pixels)")
+    if w == 0 or h == 0:
+        raise ImageError(f"{label}: empty image ({w}×{h} pixels)")
+    return _normalise_mode(_orient(img), label)
+
+
+def _open(src: Any, label: str, max_pixels: int):
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(src, (str, os.PathLike)):
+        path = Path(src)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ImageError(f"{label}: no such file") from None
+        except IsADirectoryError:
+            raise ImageError(f"{label}: is a directory, not an image") from None
+        except OSError as exc:
+            raise ImageError(f"{label}: cannot read: {exc.strerror or exc}") from None
+    elif isinstance(src, (bytes, bytearray, memoryview)):
+        data = bytes(src)
+    elif hasattr(src, "read"):
+        data = src.read()
+        if isinstance(data, str):
+            raise ImageError(f"{label}: opened in text mode; images are binary")
+    else:
+        raise ImageError(f"{label}: cannot read an image from a {type(src).__name__}")
+    if len(data) == 0:
+        raise ImageError(f"{label}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageError(f"{label}: too large: {w}×{h} pixels (limit {max_pixels:,} pixels)")
+            img.seek(0)  # first frame of a GIF/APNG/multi-page TIFF
+            img.load()
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(f"{label}: not an image (Pillow cannot identify the format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{label}: too large: {exc}") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, ZeroDivisionError) as exc:
+        raise ImageError(f"{label}: truncated or corrupt image data ({exc})") from None
+    return img
+
+
+def _array_to_image(arr: np.ndarray, label: str):
+    """uint8/bool/float arrays: (H, W), (784,), (H, W, 3|4); floats in [0, 1] count as 0..255 scaled."""
+    from PIL import Image
+
+    a = np.asarray(arr)
+    if a.ndim == 1 and a.size == 784:
+        a = a.reshape(28, 28)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
+        raise ImageError(f"{label}: an image array must be (H, W), (H, W, 3) or (H, W, 4); got shape {a.shape}")
+    if a.size == 0:
+        raise ImageError(f"{label}: empty image array (shape {a.shape})")
+    if a.dtype == bool:
+        a = a.astype(np.uint8) * 255
+    elif a.dtype != np.uint8:
+        f = a.astype(np.float64)
+        if not np.isfinite(f).all():
+            raise ImageError(f"{label}: image array contains NaN or infinite values")
+        hi = f.max()
+        scale = 255.0 if hi <= 1.0 else (255.0 / 65535.0 if hi > 255.0 else 1.0)
+        a = np.clip(np.rint(f * scale), 0, 255).astype(np.uint8)
+    mode = {2: "L", 3: "RGB", 4: "RGBA"}[a.shape[2] if a.ndim == 3 else 2]
+    return Image.fromarray(np.ascontiguousarray(a), mode=mode)
+
+
+def _orient(img):
+    from PIL import ImageOps
+
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:  # a broken EXIF block must not make a readable picture unusable
+        return img
+
+
+def _normalise_mode(img, label: str):
+    """Any Pillow mode -> "L" or "RGB" (8-bit), transparency flattened."""
+    from PIL import Image
+
+    mode = img.mode
+    if mode in ("L", "RGB"):
+        return img
+    if mode == "1":
+        return img.convert("L")
+    if mode.startswith("I") or mode == "F":  # 16/32-bit integer or float grey
+        a = np.asarray(img, dtype=np.float64)  # (H, W)
+        if a.ndim != 2:
+            a = np.asarray(img.convert("F"), dtype=np.float64)
+        return _array_to_image(a if mode == "F" else np.clip(a, 0, 65535), label)
+    has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in img.info)
+    if not has_alpha:
+        return img.convert("L" if mode in ("P",) and _palette_is_grey(img) else "RGB")
+    rgba = np.asarray(img.convert("RGBA"), dtype=np.float32)  # (H, W, 4)
+    alpha = rgba[:, :, 3:] / 255.0  # (H, W, 1)
+    return Image.fromarray(_flatten(rgba[:, :, :3], alpha), mode="RGB")
+
+
+def _palette_is_grey(img) -> bool:
+    pal = img.getpalette() or []
+    rgb = np.asarray(pal, dtype=np.int32).reshape(-1, 3) if len(pal) % 3 == 0 else np.zeros((0, 3))
+    return bool(len(rgb)) and bool((rgb == rgb[:, :1]).all())
+
+
+def _flatten(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Composite (H, W, 3) colour with (H, W, 1) alpha onto white, or onto black if the drawn content is light."""
+    weight = alpha[:, :, 0]
+    total = float(weight.sum())
+    luma = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)  # (H, W, 3) @ (3,) -> (H, W)
+    content = float((luma * weight).sum() / total) if total > 0 else 0.0
+    paper = 0.0 if (total > 0 and content > 128.0 and float(weight.min()) < 1.0) else 255.0
+    out = rgb * alpha + paper * (1.0 - alpha)  # (H, W, 3)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------- preprocessing
+
+
+def to_mnist(img, config: PreprocessConfig = DEFAULT_CONFIG) -> tuple[np.ndarray, bool]:
+    """MNIST-style uint8 [28, 28] (0 = background, 255 = ink) from a PIL image, and whether a digit was found.
+
+    When no digit is found (blank, flat or near-empty input) the array is all zeros and `found` is False.
+    """
+    from PIL import Image
+
+    if isinstance(img, np.ndarray):
+        img = _array_to_image(img, "<array>")
+    grey = _normalise_mode(img, "<image>").convert("L")
+    empty = np.zeros((config.size, config.size), dtype=np.uint8)
+
+    coarse, scale = _resize_longer(grey, config.coarse_size)  # scale: full-res px per coarse px
+    g = np.asarray(coarse, dtype=np.float32)  # (h, w)
+    background = _Background.fit(g)
+    residual = g - background.at_grid(g.shape)  # (h, w)
+    sigma = max(background.sigma, 1.0)
+    sign = background.sign
+    ink = np.maximum(sign * residual, 0.0)  # (h, w), bright ink on 0
+
+    peak = float(np.percentile(ink, 99.95))
+    if peak < max(config.min_contrast, config.min_snr * sigma):
+        return empty, False
+    mask = ink > max(3.0 * sigma, 0.25 * peak)  # (h, w) bool
+    keep = _main_components(mask, ink, config.speck_share)
+    if keep is None:
+        return empty, False
+    ys, xs = np.nonzero(mask & keep)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    if max(y1 - y0, x1 - x0) < max(2, config.min_extent * max(g.shape)):
+        return empty, False
+
+    work, region_mask = _work_crop(grey, background, sign, scale, (y0, y1, x0, x1), keep, config)
+    if work is None:
+        return empty, False
+    work = _normalise_strokes(work, config)
+    out = _place(work, config)
+    if out.max() <= 0:
+        return empty, False
+    return out, True
+
+
+def _resize_longer(img, longest: int):
+    """Downscale (never upscale) so the longer side is at most `longest`; returns (image, full px per px)."""
+    from PIL import Image
+
+    w, h = img.size
+    f = max(w, h) / longest
+    if f <= 1.0:
+        return img, 1.0
+    size = (max(1, round(w / f)), max(1, round(h / f)))
+    return img.resize(size, Image.Resampling.BOX, reducing_gap=3.0), (w / size[0] + h / size[1]) / 2
+
+
+@dataclass(frozen=True)
+class _Background:
+    """A quadratic surface over the image in normalised coordinates u, v in [-1, 1], fitted without the ink."""
+
+    coef: np.ndarray  # (6,)
+    sigma: float  # robust noise level of the residual, grey levels
+    sign: float  # +1: ink brighter than the background; -1: darker (found while fitting)
+
+    @staticmethod
+    def _design(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return np.stack([np.ones_like(u), u, v, u * u, u * v, v * v], axis=-1)  # (..., 6)
+
+    @classmethod
+    def fit(cls, g: np.ndarray, rounds: int = 6) -> "_Background":
+        """Start from the image's outer ring (mostly paper), then refit on every pixel that is not ink.
+
+        A tight crop of a fat digit would otherwise let the surface bulge into the digit itself.
+        """
+        h, w = g.shape
+        step = max(1, round(math.sqrt(h * w / 4096)))  # fit on at most ~4k points
+        sub = g[::step, ::step]  # (h', w')
+        yy, xx = np.arange(h)[::step], np.arange(w)[::step]
+        v, u = np.meshgrid((yy + 0.5) / h * 2 - 1, (xx + 0.5) / w * 2 - 1, indexing="ij")
+        a = cls._design(u.ravel(), v.ravel())  # (n, 6)
+        y = sub.ravel().astype(np.float64)  # (n,)
+        ring = (np.maximum(np.abs(u), np.abs(v)) > 0.8).ravel()
+        use = ring if ring.sum() >= 12 else np.ones_like(ring)
+        order = 6 if use.sum() > 24 else 1
+        coef = np.zeros(6)
+        sigma, sign = 0.0, 1.0
+        for i in range(rounds):
+            coef[:] = 0.0
+            au = a[use, :order]  # (m, order)
+            coef[:order] = np.linalg.solve(au.T @ au + 1e-9 * np.eye(order), au.T @ y[use])  # (order,)
+            r = y - a @ coef  # (n, 6) @ (6,) -> (n,)
+            sigma = 1.4826 * float(np.median(np.abs(r[use] - np.median(r[use]))))
+            cut = max(2.5 * sigma, 1.0)
+            if i == 0:
+                sign = _polarity(r, max(sigma, 1.0))
+            new = (sign * r <= cut) & (sign * r >= -2.0 * cut)  # ink side strict, other side lenient
+            if new.sum() < 12 or (new == use).all():
+                break
+            use = new
+        return cls(coef=coef, sigma=sigma, sign=sign)
+
+    def at(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return (self._design(u, v) @ self.coef).astype(np.float32)  # (..., 6) @ (6,) -> (...)
+
+    def at_grid(self, shape: tuple[int, int]) -> np.ndarray:
+        h, w = shape
+        v, u = np.meshgrid((np.arange(h) + 0.5) / h * 2 - 1, (np.arange(w) + 0.5) / w * 2 - 1, indexing="ij")
+        return self.at(u, v)  # (h, w)
+
+
+def _polarity(residual: np.ndarray, sigma: float) -> float:
+    """+1 when the ink is brighter than the background, -1 when darker (the heavier tail of the residual)."""
+    bright = np.maximum(residual - 3.0 * sigma, 0.0).sum()
+    dark = np.maximum(-residual - 3.0 * sigma, 0.0).sum()
+    return -1.0 if dark > bright else 1.0
+
+
+def _shift_max(a: np.ndarray, offsets) -> np.ndarray:
+    """Maximum of `a` over the given (dy, dx) offsets (a flat structuring element); outside counts as 0."""
+    h, w = a.shape
+    r = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
+    p = np.zeros((h + 2 * r, w + 2 * r), dtype=a.dtype)  # (h + 2r, w + 2r)
+    p[r : r + h, r : r + w] = a
+    out = np.full_like(a, np.finfo(a.dtype).min if a.dtype.kind == "f" else np.iinfo(a.dtype).min)
+    for dy, dx in offsets:
+        np.maximum(out, p[r + dy : r + dy + h, r + dx : r + dx + w], out=out)
+    return out
+
+
+_SQUARE = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+_GRID = 64  # connected components are found on a grid of at most this many cells a side
+
+
+def _pool(a: np.ndarray, f: int) -> np.ndarray:
+    """f x f block maximum (the array is zero-padded up to a multiple of f)."""
+    h, w = a.shape
+    p = np.zeros((-(-h // f) * f, -(-w // f) * f), dtype=a.dtype)
+    p[:h, :w] = a
+    return p.reshape(p.shape[0] // f, f, p.shape[1] // f, f).max(axis=(1, 3))  # (h/f, w/f)
+
+
+def _main_components(mask: np.ndarray, ink: np.ndarray, share: float) -> np.ndarray | None:
+    """The region (bool, like `mask`) of the ink components that carry at least `share` of the ink.
+
+    Components are labelled on a pooled (<= 64 cells a side), slightly dilated copy of the mask, so a
+    broken stroke stays one component; labels spread by repeated 3x3 maxima until they settle (whole-array
+    steps, no per-pixel loop).
+    """
+    h, w = mask.shape
+    f = max(1, -(-max(h, w) // _GRID))
+    grid = _shift_max(_pool(mask.astype(np.uint8), f), _SQUARE).astype(bool)  # (gh, gw)
+    labels = np.where(grid, np.arange(1, grid.size + 1, dtype=np.int32).reshape(grid.shape), 0)
+    for _ in range(grid.size):
+        new = np.where(grid, _shift_max(labels, _SQUARE), 0)
+        if np.array_equal(new, labels):
+            break
+        labels = new
+    full = np.repeat(np.repeat(labels, f, axis=0), f, axis=1)[:h, :w]  # (h, w) label of each pixel's cell
+    weights = np.where(mask, ink, 0.0).ravel()
+    mass = np.bincount(full.ravel(), weights=weights, minlength=labels.max() + 1)  # (max label + 1,)
+    mass[0] = 0.0
+    total = mass.sum()
+    if total <= 0:
+        return None
+    kept = np.flatnonzero(mass >= share * total)
+    return np.isin(full, kept)
+
+
+def _work_crop(grey, background: _Background, sign: float, scale: float, box, keep, config):
+    """The ink's box, cropped from the full-resolution grey image and resampled to the working size.
+
+    Returns float32 ink in [0, 1] (strokes ~1, background 0) with a margin around the box, or None.
+    """
+    from PIL import Image
+
+    W, H = grey.size
+    y0, y1, x0, x1 = (float(b) * scale for b in box)  # full-res pixel edges
+    longer = max(y1 - y0, x1 - x0)
+    margin = 0.25 * longer + 2 * scale
+    X0, Y0 = max(0.0, x0 - margin), max(0.0, y0 - margin)
+    X1, Y1 = min(float(W), x1 + margin), min(float(H), y1 + margin)
+    k = config.work_size / longer  # work px per full-res px
+    size = (max(1, round((X1 - X0) * k)), max(1, round((Y1 - Y0) * k)))
+    resample = Image.Resampling.BOX if k < 1 else Image.Resampling.BICUBIC
+    crop = grey.resize(size, resample, box=(X0, Y0, X1, Y1))
+    g = np.asarray(crop, dtype=np.float32)  # (hw, ww)
+    hw, ww = g.shape
+    ys = Y0 + (np.arange(hw) + 0.5) * (Y1 - Y0) / hw  # full-res coordinates of the work pixel centres
+    xs = X0 + (np.arange(ww) + 0.5) * (X1 - X0) / ww
+    v, u = np.meshgrid(ys / H * 2 - 1, xs / W * 2 - 1, indexing="ij")
+    residual = sign * (g - background.at(u, v))  # (hw, ww)
+
+    # specks outside the kept components: mask with the (grown) component region, mapped to this grid
+    grown = _shift_max(keep.astype(np.uint8), _SQUARE)
+    gy = np.clip(((ys / scale)).astype(int), 0, keep.shape[0] - 1)
+    gx = np.clip(((xs / scale)).astype(int), 0, keep.shape[1] - 1)
+    region = grown[np.ix_(gy, gx)].astype(bool)  # (hw, ww)
+
+    outside = residual[~region]
+    base = residual if outside.size < 16 else outside
+    level = float(np.median(base))
+    noise = max(1.4826 * float(np.median(np.abs(base - level))), 1.0)
+    ink = np.where(region, np.maximum(residual - level - 2.5 * noise, 0.0), 0.0)  # (hw, ww)
+    strong = ink[ink > 0.3 * ink.max()] if ink.max() > 0 else ink[:0]
+    if strong.size == 0:
+        return None, region
+    contrast = float(np.percentile(strong, 75))
+    lo, hi = config.edge_ramp  # a steep ramp at ~5x the final resolution: crisp edges, still grey after resampling
+    return np.clip((ink / contrast - lo) / (hi - lo), 0.0, 1.0).astype(np.float32), region
+
+
+def _disc(radius: int):
+    r = int(radius)
+    return [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1) if dy * dy + dx * dx <= r * r + r]
+
+
+def _morph(a: np.ndarray, radius: float, grow: bool) -> np.ndarray:
+    """Grey dilation (grow) or erosion with a disc of fractional radius, blending the two integer radii."""
+    if radius <= 0:
+        return a
+    lo = int(math.floor(radius))
+    frac = radius - lo
+
+    def once(r: int) -> np.ndarray:
+        if r == 0:
+            return a
+        return _shift_max(a, _disc(r)) if grow else -_shift_max(-a, _disc(r))
+
+    out = once(lo)
+    if frac > 1e-3:
+        out = (1.0 - frac) * out + frac * once(lo + 1)
+    return out.astype(np.float32)
+
+
+def _ink_box(a: np.ndarray, level: float = 0.1):
+    ys, xs = np.nonzero(a > level)
+    if ys.size == 0:
+        return None
+    return ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+
+
+def stroke_width(a: np.ndarray) -> float:
+    """Mean stroke width of a soft ink image (float, ink ~1), in pixels: 2 x ink area / boundary length."""
+    gy, gx = np.gradient(a.astype(np.float64))  # (h, w) each
+    perimeter = float(np.hypot(gy, gx).sum())
+    return 2.0 * float(a.sum()) / perimeter if perimeter > 0 else 0.0
+
+
+def _normalise_strokes(a: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """Grow or thin the strokes so width / longer side falls inside `config.stroke_range`."""
+    box = _ink_box(a)
+    if box is None:
+        return a
+    longer = max(box[1] - box[0], box[3] - box[2])
+    w = stroke_width(a)
+    lo, hi = config.stroke_range
+    rel = w / longer
+    if lo <= rel <= hi:
+        return a
+    t = lo if rel < lo else hi
+    # (w ± 2r) / (L ± 2r) = t  ->  r = |t L - w| / (2 (1 - t))
+    radius = abs(t * longer - w) / (2.0 * (1.0 - t))
+    pad = int(math.ceil(radius)) + 2
+    padded = np.pad(a, pad)
+    return _morph(padded, radius, grow=rel < lo)
+
+
+def _place(a: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """MNIST's own recipe: the ink's box -> a `box` x `box` square keeping the aspect ratio (area-averaging
+    anti-aliasing), then pasted into `size` x `size` at the whole-pixel offset that brings the intensity
+    centre of mass closest to `config.center`; strokes stretched to reach 255."""
+    from PIL import Image
+
+    box = _ink_box(a)
+    if box is None:
+        return np.zeros((config.size, config.size), dtype=np.uint8)
+    y0, y1, x0, x1 = box
+    side = max(y1 - y0, x1 - x0)
+    pad = side
+    padded = np.pad(a, pad)  # (h + 2p, w + 2p)
+    cy, cx = (y0 + y1) / 2 + pad, (x0 + x1) / 2 + pad  # the square is centred on the box
+    src = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+    img = Image.fromarray(padded.astype(np.float32), mode="F")
+    small = np.asarray(img.resize((config.box, config.box), Image.Resampling.BOX, box=src), dtype=np.float32)
+    small = np.clip(small, 0.0, None)  # (20, 20)
+    total = float(small.sum())
+    if total <= 0:
+        return np.zeros((config.size, config.size), dtype=np.uint8)
+    idx = np.arange(config.box)
+    com_y = float(small.sum(axis=1) @ idx) / total
+    com_x = float(small.sum(axis=0) @ idx) / total
+    limit = config.size - config.box
+    oy = int(np.clip(round(config.center - com_y), 0, limit))
+    ox = int(np.clip(round(config.center - com_x), 0, limit))
+    out = np.zeros((config.size, config.size), dtype=np.float32)
+    out[oy : oy + config.box, ox : ox + config.box] = small  # (20, 20) -> (28, 28)
+    out *= 255.0 / float(out.max())
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------------- prediction
+
+
+def predict_image(model, src: Any, top: int = 3, *, name: str | None = None, config: PreprocessConfig = DEFAULT_CONFIG):
+    """Preprocess `src` like MNIST and ask `model` (a Classifier) for its probabilities.
+
+    Returns {"digit": int or None (no digit found), "probabilities": [10 floats], "input": uint8 [28, 28],
+    "top": [(digit, p), ...] (best first), "found": bool}. The probabilities are the model's answer for the
+    28x28 input even when no digit was found; "digit" is None then.
+    """
+    img = load_image(src, name=name)
+    x, found = to_mnist(img, config)
+    proba = np.asarray(model.predict_proba(x[None]), dtype=np.float64)[0]  # (1, 28, 28) -> (C,)
+    order = np.argsort(-proba, kind="stable")[: max(1, int(top))]
+    return {
+        "digit": int(order[0]) if found else None,
+        "probabilities": [float(p) for p in proba],
+        "input": x,
+        "top": [(int(i), float(proba[i])) for i in order],
+        "found": bool(found),
+    }
