@@ -70,9 +70,9 @@ class Recipe:
     # --- optimisation ---
     optimizer: str = "sgd"  # sgd | momentum | nesterov | adam
     lr: float = 0.1  # peak learning rate
-    momentum: float = 0.9  # for momentum / nesterov; beta1 for adam
+    momentum: float = 0.9  # for momentum / nesterov
     weight_decay: float = 0.0  # L2 weight decay
-    schedule: str = "constant"  # constant | cosine (to 0 at the end) | step (x0.1 at 50 % and 75 %)
+    schedule: str = "constant"  # constant | cosine (to 0 at the end) | step (x0.1 after each third)
     warmup_steps: int = 0  # linear warm-up steps before the schedule
     # --- loop ---
     epochs: int = 10  # passes over the training set (ignored when steps > 0)

@@ -1,0 +1,508 @@
+"""Training: one `fit()` loop, one `evaluate()`, and `train_recipe()` used by the CLI and the tests.
+
+    from digitlab.train import train_recipe, evaluate
+    result = train_recipe("seed-004-mlp-relu", overrides={"epochs": 2}, out_dir="runs/s4")
+    result.test_accuracy, result.epoch_seconds, result.model_path
+    result = train_recipe(None, out_dir="runs/s4", resume=True)        # continue from its checkpoint
+    evaluate(result.model, images, labels)   # {"accuracy", "loss", "per_class": [10 floats]}
+
+A run folder holds config.json (the resolved recipe), history.csv (one row per epoch, rewritten atomically
+after each), checkpoint.safetensors (weights + optimizer state + RNG states + position, every
+`checkpoint_every` epochs and on Ctrl-C), model.safetensors, summary.json and the plots report.
+Same recipe + same seed gives bit-identical weights; a resumed run gives the same weights as an
+uninterrupted one. A non-finite loss stops with a `TrainingError` and leaves the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import io
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from digitlab.data.dataset import Split, batches, load_dataset, normalize, sklearn_train_test_split_indices, \
+    train_val_split
+from digitlab.errors import ConfigError, TrainingError
+from digitlab.fsutil import atomic_write_text
+from digitlab.nn.model import Classifier, build_mlp, read_model_file
+from digitlab.nn.optim import SGD, Adam, make_schedule
+from digitlab.recipes import Recipe, load_recipe, make_recipe, recipe_names
+
+HISTORY_COLUMNS = ("epoch", "step", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+                   "test_loss", "test_accuracy", "seconds")
+CHECKPOINT = "checkpoint.safetensors"
+MODEL = "model.safetensors"
+EVAL_BATCH = 10_000
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says where the checkpoint is and how to resume."""
+
+
+# ------------------------------------------------------------------------------------------------ data
+@dataclass(frozen=True)
+class RunData:
+    """The arrays of one run: uint8 images [N, 28, 28] and integer labels per split (val/test may be None)."""
+
+    name: str
+    train: Split
+    val: Split | None
+    test: Split | None
+    checksums: dict
+    class_names: list
+
+
+def prepare_data(recipe: Recipe, data_dir=None, quiet: bool = True) -> RunData:
+    """Load the recipe's data set and cut it into train / validation / test exactly as the recipe says."""
+    ds = load_dataset(recipe.dataset, data_dir, quiet=quiet)
+    train, test = ds.train, ds.test
+    if recipe.split == "pooled-sklearn":  # fetch_openml order (train then test), sklearn's train_test_split
+        pooled = ds.split("all")
+        tr, te = sklearn_train_test_split_indices(len(pooled.labels), recipe.test_fraction, recipe.split_seed)
+        train, test = Split(pooled.images[tr], pooled.labels[tr]), Split(pooled.images[te], pooled.labels[te])
+    val = None
+    if recipe.val_size:
+        if recipe.val_size >= len(train.labels):
+            raise ConfigError(f"recipe {recipe.name!r}: val_size {recipe.val_size} >= {len(train.labels)} "
+                              f"training images of {ds.name}")
+        tr, va = train_val_split(train.labels, recipe.val_size, seed=_rngs(recipe.seed)["split"])
+        train, val = Split(train.images[tr], train.labels[tr]), Split(train.images[va], train.labels[va])
+    return RunData(ds.name, train, val, test, dict(ds.checksums), list(ds.class_names))
+
+
+def _rngs(seed: int) -> dict[str, np.random.Generator]:
+    """One seed -> independent generators: init (default_rng(seed) itself), split, order and noise."""
+    split, order, noise = np.random.SeedSequence(seed).spawn(3)
+    return {"init": np.random.default_rng(seed), "split": np.random.default_rng(split),
+            "order": np.random.default_rng(order), "noise": np.random.default_rng(noise)}
+
+
+# ------------------------------------------------------------------------------------------------ model
+def build_model(recipe: Recipe, n_classes: int, class_names, rngs: dict) -> Classifier:
+    """The recipe's network (He/normal/... init from rngs["init"]) wrapped as a Classifier."""
+    n_linear = len(recipe.hidden) + 1
+    inits = list(recipe.init[:n_linear]) + [recipe.init[-1]] * (n_linear - len(recipe.init))
+    net = build_mlp(784, recipe.hidden, n_classes, activation=recipe.activation, init=inits, bias=recipe.bias,
+                    dropout=recipe.dropout, rng=rngs["init"], dtype=np.dtype(recipe.dtype))
+    for layer in net.layers:
+        if hasattr(layer, "hold_mask"):  # Dropout draws from its own stream, saved in checkpoints
+            layer.rng = rngs["noise"]
+    return Classifier(net, recipe.loss, recipe.normalization, class_names)
+
+
+def build_optimizer(recipe: Recipe):
+    if recipe.optimizer == "adam":
+        return Adam(weight_decay=recipe.weight_decay)
+    momentum = recipe.momentum if recipe.optimizer in ("momentum", "nesterov") else 0.0
+    return SGD(momentum=momentum, nesterov=recipe.optimizer == "nesterov", weight_decay=recipe.weight_decay)
+
+
+# ------------------------------------------------------------------------------------------------ plan
+@dataclass(frozen=True)
+class Plan:
+    """How many steps and epochs a recipe makes on n training images."""
+
+    n: int
+    batch_size: int  # the real batch size (n for full batch)
+    per_epoch: int  # steps in a full epoch
+    total: int  # optimizer steps in the whole run
+    epochs: int
+
+    @classmethod
+    def of(cls, recipe: Recipe, n: int) -> "Plan":
+        bs = min(recipe.batch_size or n, n)
+        per_epoch = -(-n // bs)
+        total = recipe.steps or recipe.epochs * per_epoch
+        return cls(n, bs, per_epoch, total, -(-total // per_epoch))
+
+    def steps_in(self, epoch: int) -> int:
+        return min(self.per_epoch, self.total - epoch * self.per_epoch)
+
+
+def _epoch_batches(recipe: Recipe, plan: Plan, train: Split, full_x, epoch: int, rng):
+    """Iterator of (x, y) for one epoch; full batch reuses one normalised array."""
+    if full_x is not None:
+        return iter([(full_x, train.labels.astype(np.int64))])
+    return batches(train.images, train.labels, plan.batch_size, order=recipe.order, rng=rng,
+                   scheme=recipe.normalization, dtype=np.dtype(recipe.dtype), steps=plan.steps_in(epoch))
+
+
+# ------------------------------------------------------------------------------------------------ state
+@dataclass
+class TrainState:
+    """Where a run is; everything a checkpoint needs besides the weights and optimizer arrays."""
+
+    epoch: int = 0  # completed epochs
+    step: int = 0  # completed optimizer steps
+    batch: int = 0  # steps done in the current, unfinished epoch
+    loss_sum: float = 0.0  # running sums of the current epoch
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+    epoch_rng: dict | None = None  # order-RNG state at the start of the current epoch
+    noise_rng: dict | None = None
+    history: list = field(default_factory=list)
+
+    def start_epoch(self, order_rng) -> None:
+        self.batch, self.loss_sum, self.correct, self.seen, self.seconds = 0, 0.0, 0, 0, 0.0
+        self.epoch_rng = order_rng.bit_generator.state
+
+    def record(self, loss: float, correct: int, n: int) -> None:
+        self.step += 1
+        self.batch += 1
+        self.loss_sum += loss * n
+        self.correct += correct
+        self.seen += n
+
+
+# ------------------------------------------------------------------------------------------------ fit
+def fit(model: Classifier, optimizer, data: RunData, recipe: Recipe, state: TrainState, rngs: dict,
+        run_dir=None, quiet: bool = True, callback=None) -> TrainState:
+    """Train `model` in place from `state` to the end of `recipe`; checkpoints and history go to run_dir."""
+    from tqdm.auto import tqdm
+
+    net, loss_fn, plan = model.net, model.loss, Plan.of(recipe, len(data.train.labels))
+    schedule = _schedule(recipe, plan)
+    full_x = normalize(data.train.images, recipe.normalization, recipe.dtype) if plan.per_epoch == 1 else None
+    bar = tqdm(total=plan.total, initial=state.step, unit="step", leave=False, desc=recipe.name,
+               disable=quiet or not sys.stderr.isatty())
+    with _sigint_deferred() as ctrl_c, np.errstate(over="ignore", invalid="ignore"), bar:
+        try:
+            while state.epoch < plan.epochs:
+                if state.batch == 0:
+                    state.start_epoch(rngs["order"])
+                rngs["order"].bit_generator.state = state.epoch_rng  # replay this epoch's order
+                epoch_batches = _epoch_batches(recipe, plan, data.train, full_x, state.epoch, rngs["order"])
+                for _ in range(state.batch):  # resuming mid-epoch: skip the batches already done
+                    next(epoch_batches)
+                t0 = time.perf_counter() - state.seconds
+                for x, y in epoch_batches:
+                    lr = schedule(state.step)
+                    scores = net.forward(x)  # (B, 784) -> (B, C)
+                    correct = int(np.count_nonzero(scores.argmax(axis=1) == y))
+                    loss, dscores = loss_fn(scores, y, out=scores)  # gradient written over the scores
+                    if not math.isfinite(loss):
+                        raise _diverged(loss, state, lr, run_dir)
+                    net.backward(dscores)
+                    optimizer.step(net.parameters(), net.grads(), lr)
+                    state.record(loss, correct, len(y))
+                    state.seconds = time.perf_counter() - t0
+                    bar.update(1)
+                    if callback is not None:
+                        callback(state)
+                    if ctrl_c["hit"]:
+                        raise KeyboardInterrupt
+                _end_epoch(model, data, state, lr, quiet, bar)
+                if run_dir is not None:
+                    _write_history(run_dir, state.history)
+                    if state.epoch % recipe.checkpoint_every == 0 or state.epoch == plan.epochs:
+                        save_checkpoint(Path(run_dir) / CHECKPOINT, model, optimizer, state, rngs)
+        except KeyboardInterrupt:
+            raise _interrupted(model, optimizer, state, rngs, run_dir, hard=ctrl_c["hard"]) from None
+    return state
+
+
+def _schedule(recipe: Recipe, plan: Plan):
+    """step -> learning rate; "step" decays x0.1 after each third of the run."""
+    name = {"step": "step_decay"}.get(recipe.schedule, recipe.schedule)
+    extra = {"every": max(1, -(-plan.total // 3))} if name == "step_decay" else {}
+    return make_schedule(name, recipe.lr, plan.total, recipe.warmup_steps, **extra)
+
+
+def _end_epoch(model, data: RunData, state: TrainState, lr: float, silent: bool, bar) -> None:
+    row = {"epoch": state.epoch + 1, "step": state.step, "lr": lr, "train_loss": state.loss_sum / state.seen,
+           "train_accuracy": state.correct / state.seen, "seconds": state.seconds}
+    for split in ("val", "test"):
+        part = getattr(data, split)
+        if part is not None:
+            result = evaluate(model, part.images, part.labels)
+            row[f"{split}_loss"], row[f"{split}_accuracy"] = result["loss"], result["accuracy"]
+    state.history.append(row)
+    state.epoch += 1
+    state.batch = 0
+    if not silent:
+        bar.write(_epoch_line(row), file=sys.stderr)
+
+
+def _epoch_line(row: dict) -> str:
+    parts = [f"epoch {row['epoch']:>3}", f"loss {row['train_loss']:.4f}", f"acc {100 * row['train_accuracy']:.2f} %"]
+    for split in ("val", "test"):
+        if f"{split}_accuracy" in row:
+            parts.append(f"{split} {100 * row[f'{split}_accuracy']:.2f} %")
+    return " | ".join(parts + [f"{row['seconds']:.2f} s"])
+
+
+def _diverged(loss, state: TrainState, lr: float, run_dir) -> TrainingError:
+    what = "NaN" if math.isnan(loss) else "infinite"
+    ckpt = Path(run_dir) / CHECKPOINT if run_dir is not None else None
+    kept = (f"; the last good checkpoint is {ckpt} (epoch {_checkpoint_epoch(ckpt)})"
+            if ckpt is not None and ckpt.is_file() else "; no checkpoint was written before it")
+    return TrainingError(f"loss became {what} at epoch {state.epoch + 1} step {state.step + 1} — "
+                         f"learning rate {lr:g} is probably too high{kept}")
+
+
+def _interrupted(model, optimizer, state, rngs, run_dir, hard: bool) -> KeyboardInterrupt:
+    where = f"epoch {state.epoch + 1} step {state.step}"
+    if run_dir is None:
+        return TrainingInterrupted(f"training interrupted at {where} (no run folder, nothing saved)")
+    path = Path(run_dir) / CHECKPOINT
+    if hard:  # a second Ctrl-C may have stopped mid-step: keep the last consistent checkpoint instead
+        return TrainingInterrupted(f"training stopped at {where}; kept the earlier checkpoint {path} — "
+                                   f"resume with: digitlab train --resume {run_dir}")
+    save_checkpoint(path, model, optimizer, state, rngs)
+    return TrainingInterrupted(f"training interrupted at {where}; checkpoint saved to {path} — "
+                               f"resume with: digitlab train --resume {run_dir}")
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Ctrl-C sets a flag the loop checks between steps (so the checkpoint is consistent); twice stops at once."""
+    flags = {"hit": False, "hard": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flags
+        return
+
+    def handler(signum, frame):
+        if flags["hit"]:
+            flags["hard"] = True
+            raise KeyboardInterrupt
+        flags["hit"] = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flags
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# ------------------------------------------------------------------------------------------------ evaluate
+def evaluate(model: Classifier, images, labels, batch_size: int = EVAL_BATCH) -> dict:
+    """{"accuracy": 0..1, "loss": mean loss (the model's own), "per_class": accuracy per class (NaN if absent)}."""
+    labels = np.asarray(labels).astype(np.int64, copy=False)
+    n = len(labels)
+    if n == 0 or len(images) != n:
+        raise ConfigError(f"evaluate: {len(images)} images and {n} labels")
+    predictions = np.empty(n, dtype=np.int64)
+    loss_sum = 0.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        for lo in range(0, n, batch_size):
+            scores = model.scores(images[lo:lo + batch_size])  # (b, C)
+            predictions[lo:lo + batch_size] = scores.argmax(axis=1)
+            loss, _ = model.loss(scores, labels[lo:lo + batch_size], out=scores)
+            loss_sum += loss * len(scores)
+    n_classes = len(model.class_names)
+    hits = np.bincount(labels[predictions == labels], minlength=n_classes)  # (C,)
+    totals = np.bincount(labels, minlength=n_classes)  # (C,)
+    per_class = [float(h / t) if t else float("nan") for h, t in zip(hits, totals)]
+    return {"accuracy": float(np.mean(predictions == labels)), "loss": loss_sum / n, "per_class": per_class}
+
+
+def evaluate_file(model: Classifier, dataset: str | None = None, split: str = "test", data_dir=None) -> dict:
+    """evaluate() on a data set split; a model trained on a pooled split is tested on its own held-out part."""
+    meta = model.metadata
+    name = dataset or meta.get("dataset") or "mnist"
+    recipe_cfg = meta.get("recipe_config") or {}
+    if name == meta.get("dataset") and recipe_cfg.get("split") == "pooled-sklearn":
+        recipe = make_recipe({k: v for k, v in recipe_cfg.items()}, "model's recipe")
+        data = prepare_data(dataclasses.replace(recipe, val_size=0), data_dir)
+        part = data.test if split == "test" else data.train
+    else:
+        ds = load_dataset(name, data_dir, quiet=True)
+        part = ds.split(split)
+    result = evaluate(model, part.images, part.labels)
+    result.update(dataset=name, split=split, n=len(part.labels))
+    result["per_class"] = [None if math.isnan(a) else a for a in result["per_class"]]
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+def save_checkpoint(path, model: Classifier, optimizer, state: TrainState, rngs: dict) -> Path:
+    """Weights + optimizer arrays as tensors; optimizer scalars, position, RNG states and history in the header."""
+    opt_state = optimizer.state_dict()
+    arrays = {f"optim.{k}": v for k, v in opt_state.items() if isinstance(v, np.ndarray)}
+    scalars = {k: v for k, v in opt_state.items() if not isinstance(v, np.ndarray)}
+    state.noise_rng = rngs["noise"].bit_generator.state
+    return model.save(path, extra_tensors=arrays, checkpoint={"optimizer": scalars, **dataclasses.asdict(state)})
+
+
+def load_checkpoint(path, model: Classifier, optimizer, rngs: dict) -> TrainState:
+    """Restore weights, optimizer and RNG states from `path` into the given objects; returns the TrainState."""
+    saved, header, extra = read_model_file(path)
+    info = header.get("checkpoint")
+    if not isinstance(info, dict):
+        raise TrainingError(f"{path} is a model file, not a training checkpoint (no 'checkpoint' header)")
+    try:
+        model.net.load_state_dict(saved.net.state_dict())
+    except ValueError as exc:
+        raise TrainingError(f"{path}: does not match this run's model ({exc})") from None
+    optimizer.load_state_dict({**info.pop("optimizer"), **{k[len("optim."):]: v for k, v in extra.items()
+                                                              if k.startswith("optim.")}})
+    state = TrainState(**info)
+    rngs["noise"].bit_generator.state = state.noise_rng
+    if state.epoch_rng is not None:
+        rngs["order"].bit_generator.state = state.epoch_rng
+    return state
+
+
+def _checkpoint_epoch(path) -> str:
+    try:
+        return str(read_model_file(path)[1]["checkpoint"]["epoch"])
+    except Exception:  # only for the message; the file itself is left alone
+        return "?"
+
+
+# ------------------------------------------------------------------------------------------------ runs
+@dataclass
+class RunResult:
+    recipe: Recipe
+    run_dir: Path
+    model: Classifier
+    model_path: Path
+    history: list
+    test_accuracy: float | None
+    val_accuracy: float | None
+    epoch_seconds: list
+    seconds: float  # training time (sum of epoch_seconds)
+
+    def summary(self) -> dict:
+        last = self.history[-1] if self.history else {}
+        return {
+            "recipe": self.recipe.name, "run_dir": str(self.run_dir), "model_path": str(self.model_path),
+            "test_accuracy": self.test_accuracy, "val_accuracy": self.val_accuracy,
+            "test_loss": last.get("test_loss"), "val_loss": last.get("val_loss"),
+            "train_loss": last.get("train_loss"), "train_accuracy": last.get("train_accuracy"),
+            "epochs": len(self.history), "steps": last.get("step"), "epoch_seconds": self.epoch_seconds,
+            "seconds": self.seconds, "reported": self.recipe.reported,
+            "reported_metric": self.recipe.reported_metric, "target": self.recipe.target,
+        }
+
+
+def default_run_dir(name: str, root="runs") -> Path:
+    return Path(root) / f"{Path(name).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def train_recipe(name, overrides: dict | None = None, out_dir=None, data_dir=None, quiet: bool = True,
+                 resume: bool = False, callback=None, report: bool = True) -> RunResult:
+    """Train recipe `name` (+ overrides) into out_dir; `resume=True` continues the run in out_dir."""
+    if resume:
+        if out_dir is None:
+            raise ConfigError("resume needs the run folder to continue (out_dir)")
+        recipe = _read_config(Path(out_dir))
+    else:
+        recipe = load_recipe(name or "mlp", overrides)
+    run_dir = Path(out_dir) if out_dir is not None else default_run_dir(recipe.name)
+    data = prepare_data(recipe, data_dir, quiet=quiet)
+    rngs = _rngs(recipe.seed)
+    model = build_model(recipe, len(data.class_names), data.class_names, rngs)
+    optimizer = build_optimizer(recipe)
+    if resume:
+        ckpt = run_dir / CHECKPOINT
+        if not ckpt.is_file():
+            raise TrainingError(f"cannot resume {run_dir}: no {CHECKPOINT} there (it is written after each epoch)")
+        state = load_checkpoint(ckpt, model, optimizer, rngs)
+    else:
+        state = TrainState()
+        atomic_write_text(run_dir / "config.json", json.dumps(dataclasses.asdict(recipe), indent=2) + "\n")
+    fit(model, optimizer, data, recipe, state, rngs, run_dir, quiet=quiet, callback=callback)
+    return _finish(recipe, data, model, state, run_dir, report)
+
+
+def _read_config(run_dir: Path) -> Recipe:
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise TrainingError(f"cannot resume {run_dir}: no config.json there (is it a digitlab run folder?)")
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TrainingError(f"cannot resume {run_dir}: config.json is unreadable ({exc})") from None
+    if not isinstance(values, dict):
+        raise TrainingError(f"cannot resume {run_dir}: config.json is not a JSON object")
+    return make_recipe(values, str(path))
+
+
+def _finish(recipe: Recipe, data: RunData, model: Classifier, state: TrainState, run_dir: Path,
+            report: bool) -> RunResult:
+    last = state.history[-1]
+    epoch_seconds = [row["seconds"] for row in state.history]
+    result = RunResult(recipe, run_dir, model, run_dir / MODEL, state.history, last.get("test_accuracy"),
+                       last.get("val_accuracy"), epoch_seconds, float(sum(epoch_seconds)))
+    model.metadata.pop("checkpoint", None)  # the final model file carries no training state
+    metrics = {k: v for k, v in result.summary().items() if k in (
+        "test_accuracy", "val_accuracy", "test_loss", "val_loss", "train_loss", "train_accuracy", "epochs",
+        "steps", "seconds")}
+    model.save(result.model_path, recipe=recipe.name, recipe_config=dataclasses.asdict(recipe),
+               dataset=data.name, dataset_checksums=data.checksums, seed=recipe.seed, metrics=metrics)
+    atomic_write_text(run_dir / "summary.json", json.dumps(result.summary(), indent=2) + "\n")
+    write_report = _report_writer() if report else None
+    if write_report is not None and data.test is not None:
+        write_report(run_dir, model, data.test.images, data.test.labels)
+    return result
+
+
+def _report_writer():
+    try:
+        from digitlab import plots
+    except ModuleNotFoundError as exc:
+        if exc.name != "digitlab.plots":
+            raise
+        return None
+    return getattr(plots, "write_run_report", None)
+
+
+def _write_history(run_dir, history: list) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write_text(Path(run_dir) / "history.csv", buf.getvalue())
+
+
+# ------------------------------------------------------------------------------------------------ reproduce
+def reproduce(names=None, out_dir=None, data_dir=None, quiet: bool = True) -> list[dict]:
+    """Run seed recipes (default: all `seed-*`); one row per recipe comparing ours with the notebook's."""
+    names = list(names) if names else [n for n in recipe_names() if n.startswith("seed-")]
+    root = Path(out_dir) if out_dir is not None else default_run_dir("reproduce")
+    rows = []
+    for name in names:
+        result = train_recipe(name, None, out_dir=root / Path(name).stem, data_dir=data_dir, quiet=quiet)
+        r = result.recipe
+        ours = result.test_accuracy if r.reported_metric == "test_accuracy" else result.val_accuracy
+        ok = r.target is None or round(ours, 4) >= r.target
+        rows.append({"recipe": r.name, "system": r.system, "metric": r.reported_metric, "reported": r.reported,
+                     "reported_note": r.reported_note, "target": r.target, "ours": ours, "ok": ok,
+                     "seconds": result.seconds, "run_dir": str(result.run_dir)})
+        if not quiet:
+            print(f"{r.name}: {100 * ours:.2f} % in {result.seconds:.1f} s", file=sys.stderr)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ gradcheck
+def gradcheck_recipe(name: str = "mlp", samples: int = 4, seed: int = 0) -> dict:
+    """digitlab.nn.gradcheck.check_model on the recipe's network (float64) with a few random images."""
+    from digitlab.nn.gradcheck import check_model
+
+    if samples < 1:
+        raise ConfigError(f"gradcheck needs at least one sample, got {samples}")
+    recipe = dataclasses.replace(load_recipe(name), dtype="float64", seed=seed)
+    rngs = _rngs(seed)
+    model = build_model(recipe, 10, [str(d) for d in range(10)], rngs)
+    for W in model.net.parameters():  # zero-initialised recipes: check at a generic point, not at 0
+        if not W.any():
+            W[...] = rngs["split"].standard_normal(W.shape) * 0.01
+    images = rngs["split"].integers(0, 256, size=(samples, 784), dtype=np.uint8)
+    x = normalize(images, recipe.normalization, np.float64)  # (S, 784)
+    y = rngs["split"].integers(0, 10, size=samples)  # (S,)
+    error = check_model(model.net, model.loss, x, y, rng=rngs["split"])
+    n_params = int(sum(p.size for p in model.net.parameters()))
+    return {"recipe": recipe.name, "max_relative_error": error, "parameters": n_params, "samples": samples}
