@@ -240,7 +240,9 @@ def test_run_report_links_existing_files_and_tables_match(softmax_run, mnist_tes
         assert float(row.group(1)) == pytest.approx(float((predicted[mask] == c).mean()), abs=5e-5)
         assert int(row.group(2)) == int(mask.sum())
     accuracy = float((predicted == labels).mean())
-    assert f"| test accuracy (this report) | {accuracy:.4f} |" in text
+    assert f"| test accuracy (computed for this report) | {accuracy:.4f} |" in text
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert f"| test_accuracy | {summary['test_accuracy']:.4f} | summary.json + model file |" in text
     assert "seed-001-softmax" in text  # the recipe is part of the report
 
 

@@ -393,13 +393,28 @@ def _fmt(value) -> str:
     return str(value)
 
 
+METRIC_ORDER = ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "train_accuracy", "train_loss", "target",
+                "reported", "reported_metric", "epochs", "steps", "seconds")
+NOT_METRICS = ("run_dir", "model_path", "recipe", "per_class", "history", "epoch_seconds")
+
+
 def _metric_rows(summary: dict, model_metrics: dict, accuracy: float, n: int) -> list[tuple[str, str, str]]:
-    rows = [("test accuracy (this report)", f"{accuracy:.4f}", f"{n} images")]
-    for source, metrics in (("summary.json", summary), ("model metadata", model_metrics)):
-        for key, value in sorted(metrics.items()):
-            if isinstance(value, (dict, list)) and key in ("per_class", "history", "epoch_seconds"):
-                continue
-            rows.append((key, _fmt(value), source))
+    """One row per metric: its value and where it was found (summary.json, the model file, or both)."""
+    rows = [("test accuracy (computed for this report)", f"{accuracy:.4f}", f"{n} test images")]
+    keys = [k for k in METRIC_ORDER if k in summary or k in model_metrics]
+    keys += sorted(k for k in {*summary, *model_metrics} if k not in METRIC_ORDER)
+    for key in keys:
+        if key in NOT_METRICS:
+            continue
+        found = {src: m[key] for src, m in (("summary.json", summary), ("model file", model_metrics))
+                 if m.get(key) is not None and not isinstance(m.get(key), (dict, list))}
+        if not found:
+            continue
+        values = {_fmt(v) for v in found.values()}
+        if len(values) == 1:
+            rows.append((key, values.pop(), " + ".join(found)))
+        else:  # the two disagree: show both rather than pick one
+            rows += [(key, _fmt(v), src) for src, v in found.items()]
     return rows
 
 
@@ -436,7 +451,8 @@ def write_run_report(run_dir, model, test_images, test_labels, n_mistakes: int =
 
     metadata = getattr(model, "metadata", {}) or {}
     summary = _read_json(run_dir / "summary.json")
-    config = _read_json(run_dir / "config.json") or metadata.get("recipe") or {}
+    config = _read_json(run_dir / "config.json") or metadata.get("recipe_config") or {}
+    config = config if isinstance(config, dict) else {}
     text = _report_markdown(run_dir.name, metadata, summary, config, counts, names, accuracy, len(labels),
                             figures, history_note)
     return atomic_write_text(run_dir / "report.md", text)
@@ -444,7 +460,7 @@ def write_run_report(run_dir, model, test_images, test_labels, n_mistakes: int =
 
 def _report_markdown(name, metadata, summary, config, counts, names, accuracy, n, figures, note) -> str:
     lines = [f"# Run report: {name}", ""]
-    recipe = config.get("name") or metadata.get("recipe", {}).get("name") if isinstance(config, dict) else None
+    recipe = metadata.get("recipe") if isinstance(metadata.get("recipe"), str) else config.get("name")
     facts = [("recipe", recipe), ("loss", metadata.get("loss")), ("normalization", metadata.get("normalization")),
              ("dataset", metadata.get("dataset")), ("seed", metadata.get("seed"))]
     facts = [(k, v) for k, v in facts if v not in (None, "", {})]
