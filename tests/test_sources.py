@@ -307,3 +307,23 @@ def test_real_mnist_checksums(mnist_dir):
     readme = (mnist_dir / "README.md").read_text()
     for f in report["files"]:
         assert f["sha256"] in readme  # the values published beside the data
+
+
+def test_unreachable_mirror_is_reported_once_and_skipped(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on: connection refused
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}/"
+    with FileServer(routes("b")) as srv:
+        spec = spec_for(ARRAYS, mirrors=[closed, srv.url("b/")])
+        found = resolve("toy", registry={"toy": spec}, **isolated(tmp_path))
+        assert len(srv.hits) == 4  # every file from the second mirror, each asked once
+    assert_arrays(found)
+    spec = spec_for(ARRAYS, mirrors=[closed])
+    with pytest.raises(DatasetNotFoundError) as err:
+        resolve("toy", registry={"toy": spec}, **isolated(tmp_path / "other"))
+    msg = str(err.value)
+    assert msg.count("connection refused") == 1
+    assert f"download {closed}: connection refused (mirror skipped for the other files)" in msg
+    assert "download t10k-labels-idx1-ubyte: no reachable mirror left" in msg

@@ -24,6 +24,7 @@ with `os.replace`: nothing partial or corrupt is ever left in the cache. Tests i
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -328,11 +329,33 @@ def _download_one(spec: DatasetSpec, stem: str, url: str, dest_dir: Path, progre
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
+_SHORT_REASONS = (
+    (r"Failed to resolve '([^']+)'", "cannot resolve host {}"),
+    (r"Connection refused", "connection refused"),
+    (r"timed out|Timeout", "timed out"),
+)
+
+
 def _describe(exc: BaseException) -> str:
+    """One short line for a download failure (requests' connection errors are paragraphs)."""
     if isinstance(exc, IdxFormatError):
         return exc.problem
     text = str(exc) or type(exc).__name__
+    if _unreachable(exc):
+        for pattern, short in _SHORT_REASONS:
+            m = re.search(pattern, text)
+            if m:
+                return short.format(*m.groups())
     return text.splitlines()[0][:300]
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """The mirror itself cannot be reached (DNS, refused, timeout): no point asking it for the other files."""
+    import requests
+
+    return isinstance(exc, (requests.ConnectionError, requests.Timeout)) and not isinstance(
+        exc, requests.exceptions.ChunkedEncodingError
+    )
 
 
 def download_into(spec: DatasetSpec, dest_dir, *, progress: bool = True, timeout: float = 60.0) -> list[str]:
@@ -343,18 +366,25 @@ def download_into(spec: DatasetSpec, dest_dir, *, progress: bool = True, timeout
     """
     dest_dir = Path(dest_dir)
     problems: list[str] = []
+    dead: set[str] = set()  # mirrors found unreachable: reported once, not asked again
     for stem in spec.files.values():
         if _have_verified(spec, stem, dest_dir):
             continue
         errors = []
-        for url in spec.urls(stem):
+        for base, url in zip(spec.mirrors, spec.urls(stem)):
+            if base in dead:
+                continue
             try:
                 _download_one(spec, stem, url, dest_dir, progress, timeout)
                 break
             except Exception as exc:  # noqa: BLE001 - any failure means: try the next mirror
-                errors.append(f"{url}: {_describe(exc)}")
+                if _unreachable(exc):
+                    dead.add(base)
+                    errors.append(f"{base}: {_describe(exc)} (mirror skipped for the other files)")
+                else:
+                    errors.append(f"{url}: {_describe(exc)}")
         else:
-            problems += errors or [f"{stem}: no mirrors"]
+            problems += errors or [f"{stem}: no reachable mirror left"]
     return problems
 
 
