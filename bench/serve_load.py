@@ -1,7 +1,7 @@
 """Load benchmark of `digitlab serve`: N predict requests at concurrency C against a real server on 127.0.0.1.
 
     .venv/bin/python bench/serve_load.py runs/mlp/model.safetensors
-    .venv/bin/python bench/serve_load.py MODEL --requests 2000 --concurrency 16 --json
+    .venv/bin/python bench/serve_load.py MODEL --requests 2000 --concurrency 16 --data-dir ../shared/data/mnist --json
 
 Starts `digitlab serve MODEL --port 0 --json` as a subprocess (it picks a free port and prints its URL), sends
 canvas-like drawings (MNIST test digits as 280x280 white-on-black PNGs, what the page sends) from C threads,
@@ -30,17 +30,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=16, help="client threads sending at once (default: 16)")
     p.add_argument("--warmup", type=int, default=32, help="untimed requests sent first (default: 32)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds before one request counts as failed")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="where the MNIST test digits are (default: digitlab's usual places, else the bundled sample)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON instead of a markdown table")
     return p.parse_args(argv)
 
 
-def drawings(count: int = 200) -> tuple[list[bytes], list[int]]:
+def drawings(data_dir: Path | None, count: int = 200) -> tuple[list[bytes], list[int]]:
     """MNIST test digits as the page would send them: 280x280 PNG, white ink on black."""
     from PIL import Image
 
     import digitlab.data
 
-    images, labels = digitlab.data.load("mnist", split="test", quiet=True)
+    images, labels = digitlab.data.load("mnist", split="test", data_dir=data_dir, quiet=True)
     bodies = []
     for image in images[:count]:
         buf = io.BytesIO()
@@ -131,7 +133,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if not args.model.is_file():
         raise SystemExit(f"serve_load: {args.model}: no such model file")
-    bodies, labels = drawings()
+    bodies, labels = drawings(args.data_dir)
     proc, url = start_server(args.model)
     try:
         wait_healthy(url)
