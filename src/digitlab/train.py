@@ -168,7 +168,11 @@ class TrainState:
 # ------------------------------------------------------------------------------------------------ fit
 def fit(model: Classifier, optimizer, data: RunData, recipe: Recipe, state: TrainState, rngs: dict,
         run_dir=None, quiet: bool = True, callback=None) -> TrainState:
-    """Train `model` in place from `state` to the end of `recipe`; checkpoints and history go to run_dir."""
+    """Train `model` in place from `state` to the end of `recipe`; checkpoints and history go to run_dir.
+
+    `callback(state, model)` runs after every step (progress display, tests); Ctrl-C or a KeyboardInterrupt
+    from it saves a checkpoint and raises TrainingInterrupted.
+    """
     from tqdm.auto import tqdm
 
     net, loss_fn, plan = model.net, model.loss, Plan.of(recipe, len(data.train.labels))
@@ -199,10 +203,10 @@ def fit(model: Classifier, optimizer, data: RunData, recipe: Recipe, state: Trai
                     state.seconds = time.perf_counter() - t0
                     bar.update(1)
                     if callback is not None:
-                        callback(state)
+                        callback(state, model)
                     if ctrl_c["hit"]:
                         raise KeyboardInterrupt
-                _end_epoch(model, data, state, lr, quiet, bar)
+                _end_epoch(model, data, state, schedule(state.step - 1), quiet, bar)
                 if run_dir is not None:
                     _write_history(run_dir, state.history)
                     if state.epoch % recipe.checkpoint_every == 0 or state.epoch == plan.epochs:
