@@ -139,10 +139,32 @@ def _open(src: Any, label: str, max_pixels: int):
     except UnidentifiedImageError:
         raise ImageError(f"{label}: not an image (Pillow cannot identify the format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{label}: too large: {exc}") from None
+        size = _claimed_size(data)
+        what = f"{size[0]}×{size[1]} pixels" if size else str(exc)
+        raise ImageError(f"{label}: too large: {what} (limit {max_pixels:,} pixels; possible decompression bomb)") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, ZeroDivisionError) as exc:
         raise ImageError(f"{label}: truncated or corrupt image data ({exc})") from None
     return img
+
+
+def _claimed_size(data: bytes) -> tuple[int, int] | None:
+    """The size a file's header claims, read by the matching Pillow plugin without decoding any pixels.
+
+    `Image.open` refuses a decompression bomb before telling its size; the plugin classes themselves
+    only parse the header, so this gives the "50000×50000" a user can recognise.
+    """
+    from PIL import Image
+
+    Image.init()
+    for fmt in Image.ID:
+        factory, accept = Image.OPEN[fmt]
+        try:
+            if accept is not None and not accept(data[:16]):
+                continue
+            return tuple(factory(io.BytesIO(data), "").size)
+        except Exception:  # not this format after all; try the next plugin
+            continue
+    return None
 
 
 def _array_to_image(arr: np.ndarray, label: str):

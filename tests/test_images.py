@@ -1,0 +1,359 @@
+"""Photo/drawing -> MNIST input (digitlab.images): decoding, bad files, polarity, centring, box, strokes.
+
+    .venv/bin/python -m pytest tests/test_images.py -q
+
+Every picture is made in the test with Pillow: a "7"-with-a-loop drawn with lines (asymmetric, so a wrong
+rotation or flip shows), saved in each format and mode, with EXIF orientation tags, with transparency, and as
+broken files. The accuracy target on photo-like MNIST digits is in test_predict.py (it needs a model).
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageDraw, ImageFilter
+
+from digitlab.errors import ImageError
+from digitlab.images import MNIST_CENTER, load_image, stroke_width, to_mnist
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def draw_digit(size=(300, 300), center=(0.5, 0.5), height=0.6, width=0.06, ink=0, paper=255, mode="L"):
+    """A 7 with a crossbar and a loop at its foot, dark on light by default; `width` is the stroke / height."""
+    w, h = size
+    img = Image.new(mode, size, paper)
+    d = ImageDraw.Draw(img)
+    s = height * min(w, h)
+    cx, cy = center[0] * w, center[1] * h
+    pts = lambda *p: [(cx + x * s, cy + y * s) for x, y in p]  # noqa: E731
+    lw = max(1, round(width * s))
+    d.line(pts((-0.3, -0.5), (0.3, -0.5), (-0.05, 0.3)), fill=ink, width=lw, joint="curve")
+    d.line(pts((-0.15, 0.0), (0.25, 0.0)), fill=ink, width=lw)
+    r = 0.14 * s
+    x0, y0 = cx - 0.05 * s, cy + 0.36 * s
+    d.ellipse((x0 - r, y0 - r, x0 + r, y0 + r), outline=ink, width=lw)
+    return img
+
+
+def com(x: np.ndarray) -> tuple[float, float]:
+    f = x.astype(np.float64)
+    idx = np.arange(x.shape[0])
+    return float(f.sum(1) @ idx / f.sum()), float(f.sum(0) @ idx / f.sum())
+
+
+def ink_box(x: np.ndarray) -> tuple[int, int]:
+    rows, cols = np.nonzero(x.any(1))[0], np.nonzero(x.any(0))[0]
+    return int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def mad(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).mean())
+
+
+REFERENCE = draw_digit()  # L, dark on white
+
+
+@pytest.fixture(scope="module")
+def reference_input() -> np.ndarray:
+    x, found = to_mnist(load_image(REFERENCE))
+    assert found
+    return x
+
+
+# ------------------------------------------------------------------------------------ MNIST geometry
+def test_output_is_mnist_like(reference_input):
+    x = reference_input
+    assert x.shape == (28, 28) and x.dtype == np.uint8
+    assert x.max() == 255, "strokes reach full intensity"
+    assert max(ink_box(x)) == 20, "the longer side fills the 20-px box"
+    assert x[:2].max() == 0 and x[:, :2].max() == 0, "background stays 0"
+    cy, cx = com(x)
+    assert abs(cy - MNIST_CENTER) <= 0.5 and abs(cx - MNIST_CENTER) <= 0.5
+    grey = ((x > 0) & (x < 255)).sum()
+    assert grey > 20, "anti-aliased edges (not binarised)"
+
+
+def test_polarity_dark_on_light_equals_light_on_dark(reference_input):
+    inverted = draw_digit(ink=255, paper=0)
+    x, found = to_mnist(inverted)
+    assert found
+    assert mad(x, reference_input) < 2.0
+    # mid-grey paper with darker ink, and mid-grey paper with lighter ink, both give bright ink on 0
+    for ink, paper in ((60, 140), (200, 110)):
+        y, found = to_mnist(draw_digit(ink=ink, paper=paper))
+        assert found and y[0, 0] == 0 and mad(y, reference_input) < 6.0
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    w=st.integers(60, 900),
+    h=st.integers(60, 900),
+    cx=st.floats(0.3, 0.7),
+    cy=st.floats(0.3, 0.7),
+    height=st.floats(0.3, 0.55),
+    width=st.floats(0.04, 0.2),
+    dark=st.booleans(),
+)
+def test_any_placement_is_centred_in_the_20px_box(w, h, cx, cy, height, width, dark):
+    img = draw_digit((w, h), (cx, cy), height, width, ink=0 if dark else 255, paper=255 if dark else 0)
+    x, found = to_mnist(img)
+    assert found
+    assert max(ink_box(x)) == 20
+    mcy, mcx = com(x)
+    assert abs(mcy - MNIST_CENTER) <= 0.5 and abs(mcx - MNIST_CENTER) <= 0.5
+
+
+def test_aspect_ratio_is_kept():
+    img = Image.new("L", (400, 400), 255)
+    ImageDraw.Draw(img).line([(200, 60), (200, 340)], fill=0, width=24)  # a "1": tall and thin
+    x, found = to_mnist(img)
+    hgt, wid = ink_box(x)
+    assert found and hgt == 20 and wid <= 5
+
+
+def test_uneven_lighting_tint_and_noise_are_removed(reference_input):
+    rng = np.random.default_rng(0)
+    w, h = 800, 600
+    digit = np.asarray(draw_digit((w, h), (0.35, 0.6), 0.5, 0.05), dtype=np.float32) / 255.0  # (h, w) 1 = paper
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    light = 1.0 - 0.45 * xx / w - 0.2 * ((yy / h - 0.5) ** 2)  # (h, w) bright left, dim right
+    paper = np.array([235, 220, 170], dtype=np.float32)  # yellowish
+    ink = np.array([30, 30, 90], dtype=np.float32)  # blue pen
+    rgb = (digit[..., None] * paper + (1 - digit[..., None]) * ink) * light[..., None]  # (h, w, 3)
+    rgb += rng.normal(0, 6, rgb.shape).astype(np.float32)
+    photo = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB")
+    x, found = to_mnist(load_image(encode(photo, "JPEG", quality=60)))
+    assert found
+    near = np.asarray(Image.fromarray(reference_input).filter(ImageFilter.MaxFilter(3))) > 0  # (28, 28)
+    assert (x[~near] == 0).sum() >= (~near).sum() - 3, "no lighting gradient or noise left off the strokes"
+    assert mad(x, reference_input) < 8.0
+
+
+def test_thin_pen_and_fat_brush_end_up_with_mnist_like_strokes():
+    thin = draw_digit((2400, 1800), (0.6, 0.4), 0.35, 0.012)  # a fine pen on a big photo: ~8 px strokes
+    fat = draw_digit((280, 280), (0.5, 0.5), 0.75, 0.22, ink=255, paper=0)  # a fat brush on a canvas
+    normal = draw_digit((300, 300), (0.5, 0.5), 0.6, 0.12)
+    widths = {}
+    for name, img in {"thin": thin, "fat": fat, "normal": normal}.items():
+        x, found = to_mnist(img)
+        assert found, name
+        widths[name] = stroke_width(x.astype(np.float32) / 255.0)
+    # MNIST strokes are about 2-3.5 px wide at 28x28; the source widths differ by a factor of ~18
+    for name, wdt in widths.items():
+        assert 1.6 < wdt < 3.8, (name, widths)
+    assert widths["fat"] / widths["thin"] < 1.6, widths
+
+
+def test_specks_do_not_move_the_box(reference_input):
+    img = draw_digit((600, 600), (0.5, 0.5), 0.45, 0.07)
+    d = ImageDraw.Draw(img)
+    for x, y in ((20, 20), (580, 40), (30, 570)):
+        d.ellipse((x - 2, y - 2, x + 2, y + 2), fill=0)
+    x, found = to_mnist(img)
+    clean, _ = to_mnist(draw_digit((600, 600), (0.5, 0.5), 0.45, 0.07))
+    assert found and mad(x, clean) < 2.0
+
+
+# ------------------------------------------------------------------------------------- empty input
+def _noisy(value, size=(640, 480), sigma=4.0, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.normal(value, sigma, size[::-1]), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    "name,make",
+    [
+        ("white page", lambda: Image.new("L", (500, 400), 255)),
+        ("black canvas", lambda: Image.new("L", (280, 280), 0)),
+        ("transparent canvas", lambda: Image.new("RGBA", (280, 280), (0, 0, 0, 0))),
+        ("noisy grey paper", lambda: Image.fromarray(_noisy(180))),
+        ("lighting gradient only", lambda: Image.fromarray(
+            np.clip(np.linspace(120, 230, 640)[None, :] + np.random.default_rng(1).normal(0, 3, (480, 640)), 0, 255)
+            .astype(np.uint8))),
+        ("blank photo as JPEG", lambda: load_image(encode(Image.fromarray(_noisy(200, sigma=6)), "JPEG", quality=50))),
+        ("one speck", lambda: _speck()),
+        ("1x1 pixel", lambda: Image.new("L", (1, 1), 0)),
+    ],
+)
+def test_empty_input_is_no_digit(name, make):
+    x, found = to_mnist(load_image(make()))
+    assert not found, name
+    assert x.shape == (28, 28) and x.dtype == np.uint8 and x.max() == 0
+
+
+def _speck():
+    img = Image.new("L", (1200, 900), 230)
+    ImageDraw.Draw(img).ellipse((500, 400, 503, 403), fill=20)
+    return img
+
+
+# ---------------------------------------------------------------------------------- modes & formats
+def _as_mode(mode: str) -> Image.Image:
+    """The reference drawing in `mode`, with the same look (dark ink on light)."""
+    grey = np.asarray(REFERENCE)  # (h, w) uint8
+    if mode == "1":
+        return REFERENCE.convert("1", dither=Image.Dither.NONE)
+    if mode == "I;16":
+        return Image.fromarray(grey.astype(np.uint16) * 257)
+    if mode == "I":
+        return Image.fromarray(grey.astype(np.int32) * 257, mode="I")
+    if mode == "F":
+        return Image.fromarray(grey.astype(np.float32) / 255.0, mode="F")
+    if mode == "RGBA":  # opaque dark strokes on a fully transparent (black) canvas: flattening must use white
+        alpha = Image.fromarray(255 - grey)
+        return Image.merge("RGBA", (*Image.new("RGB", REFERENCE.size, (0, 0, 0)).split(), alpha))
+    if mode == "LA":
+        return Image.merge("LA", (Image.new("L", REFERENCE.size, 0), Image.fromarray(255 - grey)))
+    if mode == "P":
+        return REFERENCE.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    if mode == "RGB":  # blue ink on cream paper
+        t = grey[..., None].astype(np.float32) / 255.0
+        rgb = t * np.array([250, 240, 215]) + (1 - t) * np.array([20, 30, 120])
+        return Image.fromarray(rgb.astype(np.uint8), "RGB")
+    return REFERENCE.convert(mode)
+
+
+CASES = [
+    ("1", "PNG"), ("1", "BMP"), ("1", "TIFF"),
+    ("L", "PNG"), ("L", "BMP"), ("L", "JPEG"), ("L", "TIFF"),
+    ("P", "GIF"), ("P", "PNG"), ("P", "BMP"),
+    ("RGB", "JPEG"), ("RGB", "PNG"), ("RGB", "WEBP"), ("RGB", "BMP"), ("RGB", "TIFF"),
+    ("RGBA", "PNG"), ("RGBA", "WEBP"), ("RGBA", "TIFF"), ("LA", "PNG"),
+    ("CMYK", "JPEG"), ("CMYK", "TIFF"),
+    ("I;16", "PNG"), ("I;16", "TIFF"), ("I", "TIFF"), ("F", "TIFF"),
+]
+
+
+@pytest.mark.parametrize("mode,fmt", CASES, ids=[f"{m}-{f}" for m, f in CASES])
+def test_every_mode_and_format_decodes_to_the_same_digit(mode, fmt, reference_input):
+    kw = {"lossless": True} if fmt == "WEBP" else {}
+    data = encode(_as_mode(mode), fmt, **kw)
+    with Image.open(io.BytesIO(data)) as check:
+        assert check.format == fmt
+    img = load_image(data, name=f"digit.{fmt.lower()}")
+    assert img.mode in ("L", "RGB")
+    x, found = to_mnist(img)
+    assert found
+    assert mad(x, reference_input) < 6.0, f"{mode} as {fmt}"
+
+
+def test_animated_gif_uses_the_first_frame(reference_input):
+    other = Image.new("L", REFERENCE.size, 255)
+    ImageDraw.Draw(other).ellipse((60, 60, 240, 240), outline=0, width=20)  # a "0"
+    data = encode(REFERENCE.convert("P"), "GIF", save_all=True, append_images=[other.convert("P")], duration=100)
+    with Image.open(io.BytesIO(data)) as check:
+        assert check.n_frames == 2
+    x, found = to_mnist(load_image(data))
+    assert found and mad(x, reference_input) < 3.0
+
+
+def test_white_strokes_on_a_transparent_canvas_stay_visible(reference_input):
+    alpha = Image.fromarray(255 - np.asarray(REFERENCE))
+    rgba = Image.merge("RGBA", (*Image.new("RGB", REFERENCE.size, (255, 255, 255)).split(), alpha))
+    x, found = to_mnist(load_image(encode(rgba, "PNG")))
+    assert found and mad(x, reference_input) < 3.0
+
+
+@pytest.mark.parametrize("orientation,stored", [(3, Image.Transpose.ROTATE_180), (6, Image.Transpose.ROTATE_90),
+                                                (8, Image.Transpose.ROTATE_270), (2, Image.Transpose.FLIP_LEFT_RIGHT)])
+def test_exif_orientation_is_applied(orientation, stored, reference_input):
+    upright = draw_digit((400, 300), (0.5, 0.5), 0.7, 0.07)
+    on_disk = upright.transpose(stored)  # what the camera wrote; the tag says how to turn it back
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    tagged = encode(on_disk, "JPEG", quality=90, exif=exif.tobytes())
+    x, found = to_mnist(load_image(tagged))
+    raw, _ = to_mnist(on_disk)
+    want, _ = to_mnist(upright)
+    assert found
+    assert mad(x, want) < 4.0
+    assert mad(raw, want) > 15.0, "the test picture really is stored turned"
+
+
+def test_paths_bytes_file_objects_and_arrays_agree(tmp_path, reference_input):
+    path = tmp_path / "seven.png"
+    data = encode(REFERENCE, "PNG")
+    path.write_bytes(data)
+    for src in (path, str(path), data, bytearray(data), io.BytesIO(data), np.asarray(REFERENCE),
+                np.asarray(REFERENCE, dtype=np.float64) / 255.0):
+        x, found = to_mnist(load_image(src))
+        assert found and mad(x, reference_input) < 1.0, type(src)
+
+
+def test_an_mnist_array_comes_back_nearly_unchanged():
+    img = np.zeros((28, 28), dtype=np.uint8)
+    img[4:24, 13:16] = 255  # a centred "1", 20 px tall, already in MNIST form
+    img[4:7, 10:13] = 255
+    cy, cx = com(img)
+    centred = np.roll(img, (round(MNIST_CENTER - cy), round(MNIST_CENTER - cx)), axis=(0, 1))
+    for shift in ((0, 0), (-3, 5), (2, -4)):  # wherever it sits in the frame
+        x, found = to_mnist(load_image(np.roll(img, shift, axis=(0, 1)).reshape(784)))
+        assert found and mad(x, centred) < 8.0
+
+
+# --------------------------------------------------------------------------------------- bad files
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny but well-formed PNG whose IHDR claims `width` x `height` pixels (a decompression-bomb header)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def _truncated(fmt: str) -> bytes:
+    data = encode(draw_digit().convert("RGB"), fmt)
+    return data[: len(data) // 2]
+
+
+BAD = {
+    "notes.txt": (b"these are my notes, not a picture\n", "not an image"),
+    "empty.png": (b"", "empty file"),
+    "half.png": (_truncated("PNG"), "truncated"),
+    "half.jpg": (_truncated("JPEG"), "truncated"),
+    "bomb.png": (png_claiming(50_000, 50_000), "too large: 50000×50000 pixels"),
+    "big.png": (png_claiming(10_000, 10_000), "too large: 10000×10000 pixels"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_files_give_one_clear_error(tmp_path, name):
+    data, problem = BAD[name]
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(ImageError) as err:
+        load_image(path)
+    message = str(err.value)
+    assert str(path) in message and problem in message
+    assert "\n" not in message
+
+
+def test_missing_file_directory_and_bad_arrays(tmp_path):
+    with pytest.raises(ImageError, match="no such file"):
+        load_image(tmp_path / "nope.png")
+    with pytest.raises(ImageError, match="directory"):
+        load_image(tmp_path)
+    with pytest.raises(ImageError, match="shape"):
+        load_image(np.zeros((2, 3, 5)))
+    with pytest.raises(ImageError, match="NaN"):
+        load_image(np.full((28, 28), np.nan))
+    with pytest.raises(ImageError, match="text mode"):
+        load_image(io.StringIO("hello"))
+
+
+def test_a_lower_pixel_limit_is_honoured():
+    with pytest.raises(ImageError, match=r"too large: 300×300 pixels \(limit 10,000"):
+        load_image(encode(REFERENCE, "PNG"), max_pixels=10_000)
