@@ -72,6 +72,8 @@ def test_sample_files_are_small_and_licensed():
     assert 1_000_000 < size < 2_500_000
     text = (folder / "LICENSE").read_text()
     assert "LeCun" in text and "CC BY-SA 3.0" in text
+    legal = (folder / "LICENSE.cc-by-sa-3.0.txt").read_text()
+    assert legal.startswith("Creative Commons Legal Code\n\nAttribution-ShareAlike 3.0 Unported")
 
 
 # ---------------------------------------------------------------------------------------------- normalize
