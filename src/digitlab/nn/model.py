@@ -32,7 +32,6 @@ from digitlab.nn.losses import get_loss
 FORMAT_VERSION = 1
 HEADER_KEY = "digitlab"
 NORMALIZATIONS = ("unit", "raw", "standard")
-_MEAN, _STD = 0.1307, 0.3081
 
 
 def _digitlab_version() -> str:
@@ -81,21 +80,11 @@ class Classifier:
             raise DataError(f"images of shape {x.shape} do not fit this model (it expects "
                             f"{'x'.join(map(str, self.input_shape))} = {dim} values per image)")
         x = x.reshape(x.shape[0], dim)                               # (N, 28, 28) -> (N, 784)
-        if x.dtype == np.uint8:
-            from digitlab.data.dataset import normalize
-
-            return normalize(x, self.normalization, self.net.dtype)
-        if not np.issubdtype(x.dtype, np.floating):
+        if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
             raise DataError(f"images must be uint8 0..255 or floats in [0, 1], got dtype {x.dtype}")
-        x = x.astype(self.net.dtype, copy=True)
-        if x.size and (not np.isfinite(x).all() or x.min() < 0.0 or x.max() > 1.0):
-            raise DataError("float images must hold finite values in [0, 1] (pass uint8 for 0..255 pixels)")
-        if self.normalization == "raw":
-            x *= 255.0
-        elif self.normalization == "standard":
-            x -= _MEAN
-            x /= _STD
-        return x
+        from digitlab.data.dataset import normalize  # THE normalisation (checks float ranges too)
+
+        return normalize(x, self.normalization, self.net.dtype)
 
     def scores(self, images, batch_size: int = 8192) -> np.ndarray:
         """Raw class scores (N, C), computed in inference mode in chunks of batch_size."""
