@@ -42,6 +42,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the per-class picks (default: 0)")
     parser.add_argument("--train-per-class", type=int, default=1000, help="training images per class (1000)")
     parser.add_argument("--test-per-class", type=int, default=200, help="test images per class (200)")
+    parser.add_argument("--compresslevel", type=int, default=9, help="gzip level 1..9 (default: 9, as bundled)")
     args = parser.parse_args(argv)
 
     ds = load_dataset("mnist", data_dir=args.src, quiet=True)
@@ -58,7 +59,7 @@ def main(argv=None) -> int:
 
     total = 0
     for stem, arr in arrays.items():
-        path = write_idx(args.out / f"{stem}.gz", arr)
+        path = write_idx(args.out / f"{stem}.gz", arr, compresslevel=args.compresslevel)
         total += path.stat().st_size
         print(f'"{stem}": "{hashlib.sha256(idx_bytes(arr)).hexdigest()}",  # {arr.shape}')
     print(f"wrote {len(tr)} train + {len(te)} test images to {args.out} ({total / 1e6:.2f} MB)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import tracemalloc
 
 import numpy as np
@@ -251,3 +252,20 @@ def test_batches_never_copy_the_whole_data_set(sample):
         tracemalloc.stop()
     assert n == 10000
     assert peak < 1_000_000  # permutation (80 kB) + int64 labels (80 kB) + a few 64×784 batches
+
+
+def test_make_sample_rebuilds_the_bundled_files_exactly(tmp_path, mnist_dir, capsys):
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("make_sample", REPO / "scripts" / "make_sample.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--src", str(mnist_dir), "--out", str(tmp_path), "--compresslevel", "1"]) == 0
+    bundled = REGISTRY["mnist-sample"].bundled
+    for f in sorted(bundled.glob("*.gz")):  # same content (the bundled copy is gzip level 9)
+        assert gzip.decompress((tmp_path / f.name).read_bytes()) == gzip.decompress(f.read_bytes()), f.name
+    printed = capsys.readouterr().out
+    for digest in REGISTRY["mnist-sample"].checksums.values():
+        assert digest in printed
