@@ -150,7 +150,8 @@ def test_zero_dimensions_and_short_header(tmp_path):
 
 
 def test_broken_gzip_stream(tmp_path):
-    good = gzip.compress(images_bytes(100))
+    noise = np.random.default_rng(0).integers(0, 256, size=(100, 28, 28), dtype=np.uint8)
+    good = gzip.compress(idx_bytes(noise))  # incompressible: half the file cannot be mistaken for a short one
     cut = tmp_path / "cut.gz"
     cut.write_bytes(good[: len(good) // 2])
     with pytest.raises(IdxFormatError) as err:
@@ -210,3 +211,18 @@ def test_write_is_atomic_and_deterministic(tmp_path):
     b = write_idx(tmp_path / "b.gz", arr).read_bytes()
     assert a == b  # gzip mtime 0: same bytes for the same array
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.gz", "b.gz"]  # no temp files left
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_absurd_header_is_refused_before_allocating(tmp_path, compressed):
+    data = b"\x00\x00\x08\x03" + np.array([4_000_000_000, 60000, 60000], ">u4").tobytes() + b"\0" * 100
+    path = tmp_path / ("huge.gz" if compressed else "huge")
+    path.write_bytes(gzip.compress(data) if compressed else data)
+    with pytest.raises(IdxFormatError) as err:
+        read_idx(path)  # would be a 14 EB allocation
+    claimed = "header says 4000000000×60000×60000 = 14400000000000000000 bytes"
+    if compressed:
+        size = path.stat().st_size
+        assert str(err.value) == f"{path}: truncated: {claimed}, more than a {size}-byte gzip file can hold"
+    else:
+        assert str(err.value) == f"{path}: truncated: {claimed}, found 100"

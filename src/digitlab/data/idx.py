@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import zlib
 from pathlib import Path
 
@@ -136,10 +137,21 @@ def _size_text(dims: tuple[int, ...], itemsize: int, nbytes: int) -> str:
     return f"header says {shape}{per} = {nbytes} bytes"
 
 
-def _read_stream(path, stream, sha256: bool):
+def _read_stream(path, stream, sha256: bool, size_on_disk: int, compressed: bool):
     dtype, dims, header = _parse_header(path, stream)
+    nbytes = int(np.prod(dims, dtype=object)) * dtype.itemsize
+    # Refuse before allocating when the header claims more than the file can hold (a corrupt header must
+    # not ask for terabytes): raw -> exactly the bytes after the header; gzip -> deflate's 1032:1 ceiling.
+    if not compressed and nbytes > size_on_disk - len(header):
+        found = size_on_disk - len(header)
+        raise IdxFormatError(path, f"truncated: {_size_text(dims, dtype.itemsize, nbytes)}, found {found}")
+    if compressed and nbytes > 1032 * size_on_disk + 1024:
+        raise IdxFormatError(
+            path,
+            f"truncated: {_size_text(dims, dtype.itemsize, nbytes)}, more than a {size_on_disk}-byte gzip file "
+            "can hold",
+        )
     out = np.empty(dims, dtype=dtype)  # big-endian layout, as on disk
-    nbytes = out.nbytes
     got = _readinto_full(stream, memoryview(out.reshape(-1).view(np.uint8)))
     if got < nbytes:
         raise IdxFormatError(path, f"truncated: {_size_text(dims, dtype.itemsize, nbytes)}, found {got}")
@@ -178,14 +190,15 @@ def read_idx(path, *, sha256: bool = False):
         with raw:
             magic = raw.read(2)
             raw.seek(0)
+            size = os.fstat(raw.fileno()).st_size
             if magic == _GZIP_MAGIC:
                 try:
                     with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
-                        arr, digest = _read_stream(path, stream, sha256)
+                        arr, digest = _read_stream(path, stream, sha256, size, compressed=True)
                 except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
                     raise IdxFormatError(path, f"broken gzip stream ({exc})") from None
             else:
-                arr, digest = _read_stream(path, raw, sha256)
+                arr, digest = _read_stream(path, raw, sha256, size, compressed=False)
     except IsADirectoryError:
         raise IdxFormatError(path, "is a directory, expected an IDX file") from None
     except OSError as exc:
