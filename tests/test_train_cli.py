@@ -1,0 +1,92 @@
+"""`digitlab recipes | train | evaluate | reproduce | gradcheck` from the command line, on mnist-sample."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from digitlab.cli import main
+
+SMALL = ["--dataset", "mnist-sample", "--epochs", "1", "--hidden", "16", "--quiet"]
+
+
+def run_json(capsys, *argv):
+    code = main([*argv, "--json"])
+    out = capsys.readouterr().out
+    return code, json.loads(out)
+
+
+def test_recipes_lists_all_six(capsys):
+    code, rows = run_json(capsys, "recipes")
+    assert code == 0
+    assert [r["name"] for r in rows] == ["mlp", "seed-000-softmax", "seed-001-softmax",
+                                         "seed-002-mlp-sigmoid-mse", "seed-003-ovr-logistic", "seed-004-mlp-relu"]
+    assert main(["recipes"]) == 0
+    text = capsys.readouterr().out
+    assert "seed-003-ovr-logistic" in text and "one-vs-rest" in text
+
+
+def test_train_then_evaluate_json(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, result = run_json(capsys, "train", *SMALL, "--out", str(out))
+    assert code == 0
+    assert 0.5 < result["test_accuracy"] <= 1.0
+    assert len(result["epoch_seconds"]) == 1
+    assert result["model_path"] == str(out / "model.safetensors")
+    assert json.loads((out / "config.json").read_text())["hidden"] == [16]
+
+    code, ev = run_json(capsys, "evaluate", result["model_path"], "--dataset", "mnist-sample")
+    assert code == 0
+    assert ev["accuracy"] == pytest.approx(result["test_accuracy"])
+    assert len(ev["per_class"]) == 10 and ev["loss"] > 0 and ev["n"] == 2000
+    code, ev_dir = run_json(capsys, "evaluate", str(out), "--dataset", "mnist-sample", "--split", "train")
+    assert ev_dir["split"] == "train" and ev_dir["n"] == 10_000
+
+
+def test_train_resume_from_cli(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "--out", str(out)]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    code, result = run_json(capsys, "train", "--resume", str(out))  # already finished: nothing left to do
+    assert code == 0 and len(result["epoch_seconds"]) == 1
+
+
+def test_bad_flags_are_one_line_errors(tmp_path, capsys):
+    assert main(["train", "--recipe", "nope", "--out", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("digitlab: error: no recipe named 'nope'") and "Traceback" not in err
+    assert main(["train", "--optimizer", "adamw", "--out", str(tmp_path / "y")]) == 1
+    assert "optimizer = 'adamw' is not one of" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "missing.safetensors")]) == 1
+    assert "missing.safetensors" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--hidden", "3x"])
+
+
+def test_reproduce_json_rows(tmp_path, capsys):
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text('description = "tiny"\nsystem = "softmax regression"\ndataset = "mnist-sample"\n'
+                      'hidden = []\nepochs = 1\nlr = 0.5\n[reported]\nmetric = "test_accuracy"\n'
+                      'value = 0.5\ntarget = 0.6\n')
+    code, rows = run_json(capsys, "reproduce", str(recipe), "--out", str(tmp_path / "rep"))
+    assert code == 0
+    (row,) = rows
+    assert {"recipe", "metric", "reported", "ours", "seconds"} <= set(row)
+    assert row["recipe"] == "tiny" and row["metric"] == "test_accuracy" and row["reported"] == 0.5
+    assert row["ours"] > 0.6 and row["ok"] is True
+    assert main(["reproduce", str(recipe), "--out", str(tmp_path / "rep2"), "--quiet"]) == 0
+    table = capsys.readouterr().out
+    assert "| tiny | softmax regression | 50.00 % test |" in table
+
+
+@pytest.mark.parametrize("recipe", ["seed-002-mlp-sigmoid-mse", "seed-003-ovr-logistic", "mlp"])
+def test_gradcheck_passes_for_recipe_models(capsys, recipe):
+    code, result = run_json(capsys, "gradcheck", "--recipe", recipe, "--samples", "3")
+    assert code == 0, result
+    assert result["max_relative_error"] < 1e-6 and result["ok"] is True
+
+
+def test_gradcheck_fails_loudly_with_a_tiny_tolerance(capsys):
+    assert main(["gradcheck", "--recipe", "seed-001-softmax", "--tolerance", "0"]) == 1
+    assert "FAILED" in capsys.readouterr().out
