@@ -328,3 +328,34 @@ def test_serve_command_serves_a_model(trained_mlp, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+# ---------- hostile bytes never crash the server ----------
+
+@pytest.fixture(scope="module")
+def small_png(digits):
+    return png_bytes(digits[0][0], scale=2)
+
+
+def test_random_and_corrupted_bodies_get_a_clear_answer(client, small_png):
+    """Random bytes and bit-flipped PNGs: 200, 415 or 422 with a message, never a 500."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(
+        junk=st.binary(max_size=512),
+        flips=st.lists(st.tuples(st.integers(0, len(small_png) - 1), st.integers(1, 255)), max_size=6),
+        cut=st.integers(0, len(small_png)),
+    )
+    def check(junk, flips, cut):
+        corrupted = bytearray(small_png)
+        for pos, mask in flips:
+            corrupted[pos] ^= mask
+        for body in (junk, bytes(corrupted), small_png[:cut]):
+            r = client.post("/api/predict", content=body, headers={"content-type": "image/png"})
+            assert r.status_code in (200, 415, 422), (r.status_code, r.text)
+            if r.status_code != 200:
+                assert r.json()["detail"]
+
+    check()
