@@ -98,7 +98,17 @@ def test_curves_from_a_history_with_and_without_validation(tmp_path):
     (run / "history.csv").write_text(HEADER + "1,0.9,0.7,1.0,0.68,1.5\n2,0.5,0.85,0.6,0.8,1.4\n")
     hist = plots.read_history(run / "history.csv")
     assert hist["val_accuracy"].tolist() == [0.68, 0.8]
+    assert [name for name, _ in plots.curve_series(hist, "loss")] == ["train", "validation"]
     assert_png(plots.plot_curves(run, tmp_path / "c2.png").path, "curves")
+
+
+def test_curves_show_every_recorded_split():
+    # train.py's history has extra columns (step, lr, test_*); empty ones are left out
+    hist = {"epoch": np.array([1.0, 2.0]), "train_loss": np.array([0.5, 0.3]), "val_loss": np.full(2, np.nan),
+            "test_loss": np.array([0.4, 0.35]), "train_accuracy": np.array([0.8, 0.9])}
+    assert [name for name, _ in plots.curve_series(hist, "loss")] == ["train", "test"]
+    assert [name for name, _ in plots.curve_series(hist, "accuracy")] == ["train"]
+    np.testing.assert_array_equal(plots.curve_series(hist, "loss")[1][1], [0.4, 0.35])
 
 
 @pytest.mark.parametrize(

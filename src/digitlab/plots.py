@@ -197,21 +197,29 @@ def _class_names(model, n: int) -> list[str]:
     return names if len(names) == n else [str(i) for i in range(n)]
 
 
+def curve_series(hist: dict[str, np.ndarray], metric: str) -> list[tuple[str, np.ndarray]]:
+    """[(name, values (E,))] of `metric` ("loss" or "accuracy") for train, validation and test, leaving out
+    the columns a history lacks or left empty."""
+    series = []
+    for split, name in (("train", "train"), ("val", "validation"), ("test", "test")):
+        values = hist.get(f"{split}_{metric}")
+        if values is not None and not np.all(np.isnan(values)):
+            series.append((name, values))
+    return series
+
+
 def plot_curves(run_dir, out) -> Plot:
-    """Loss and accuracy per epoch (train, and validation where recorded) from RUN_DIR/history.csv."""
+    """Loss and accuracy per epoch (train, and validation/test where recorded) from RUN_DIR/history.csv."""
     hist = read_history(run_dir)
     epochs = hist["epoch"]  # (E,)
     fig = _figure("curves")
     ax_loss, ax_acc = fig.subplots(1, 2)
-    for ax, metric, label in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy")):
-        for split, style in (("train", "-o"), ("val", "-s")):
-            values = hist.get(f"{split}_{metric}")
-            if values is None or np.all(np.isnan(values)):
-                continue
-            name = "train" if split == "train" else "validation"
-            ax.plot(epochs, values, style, markersize=3, label=name)
+    styles = {"train": "-o", "validation": "-s", "test": "-^"}
+    for ax, metric in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        for name, values in curve_series(hist, metric):
+            ax.plot(epochs, values, styles[name], markersize=3, label=name)
         ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
+        ax.set_ylabel(metric)
         ax.grid(True, alpha=0.3)
         ax.legend(loc="best")
         if len(epochs) <= 20:
