@@ -344,12 +344,14 @@ class _Background:
         return cls(coef=coef, sigma=sigma, sign=sign)
 
     def at(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-        return (self._design(u, v) @ self.coef).astype(np.float32)  # (..., 6) @ (6,) -> (...)
+        """The surface at coordinates u (1, w) and v (h, 1) (or any broadcastable pair) -> (h, w) float32."""
+        c = self.coef.astype(np.float32)
+        u, v = u.astype(np.float32), v.astype(np.float32)
+        return c[0] + u * (c[1] + c[3] * u + c[4] * v) + v * (c[2] + c[5] * v)  # (1, w) op (h, 1) -> (h, w)
 
     def at_grid(self, shape: tuple[int, int]) -> np.ndarray:
         h, w = shape
-        v, u = np.meshgrid((np.arange(h) + 0.5) / h * 2 - 1, (np.arange(w) + 0.5) / w * 2 - 1, indexing="ij")
-        return self.at(u, v)  # (h, w)
+        return self.at(((np.arange(w) + 0.5) / w * 2 - 1)[None, :], ((np.arange(h) + 0.5) / h * 2 - 1)[:, None])
 
 
 def _polarity(residual: np.ndarray, sigma: float) -> float:
@@ -383,19 +385,35 @@ def _pool(a: np.ndarray, f: int) -> np.ndarray:
     return p.reshape(p.shape[0] // f, f, p.shape[1] // f, f).max(axis=(1, 3))  # (h/f, w/f)
 
 
+def _run_max(labels: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Every horizontal run of True cells in `grid` takes the largest label found in it (2-D arrays)."""
+    h, w = grid.shape
+    g = np.zeros((h, w + 1), dtype=bool)  # a False column ends each row's last run
+    g[:, :w] = grid
+    lab = np.zeros((h, w + 1), dtype=labels.dtype)
+    lab[:, :w] = labels
+    g, lab = g.ravel(), lab.ravel()
+    starts = g & ~np.concatenate(([False], g[:-1]))
+    run = np.cumsum(starts) * g  # (h * (w + 1),) run number, 0 off the runs
+    best = np.zeros(int(run.max()) + 1, dtype=labels.dtype)
+    np.maximum.at(best, run, lab)
+    best[0] = 0
+    return best[run].reshape(h, w + 1)[:, :w]
+
+
 def _main_components(mask: np.ndarray, ink: np.ndarray, share: float) -> np.ndarray | None:
     """The region (bool, like `mask`) of the ink components that carry at least `share` of the ink.
 
     Components are labelled on a pooled (<= 64 cells a side), slightly dilated copy of the mask, so a
-    broken stroke stays one component; labels spread by repeated 3x3 maxima until they settle (whole-array
-    steps, no per-pixel loop).
+    broken stroke stays one component; labels spread along whole row and column runs until they settle
+    (whole-array steps, no per-pixel loop).
     """
     h, w = mask.shape
     f = max(1, -(-max(h, w) // _GRID))
     grid = _shift_max(_pool(mask.astype(np.uint8), f), _SQUARE).astype(bool)  # (gh, gw)
     labels = np.where(grid, np.arange(1, grid.size + 1, dtype=np.int32).reshape(grid.shape), 0)
     for _ in range(grid.size):
-        new = np.where(grid, _shift_max(labels, _SQUARE), 0)
+        new = _run_max(_run_max(labels, grid).T, grid.T).T  # spread along rows, then along columns
         if np.array_equal(new, labels):
             break
         labels = new
@@ -431,8 +449,7 @@ def _work_crop(grey, background: _Background, sign: float, scale: float, box, ke
     hw, ww = g.shape
     ys = Y0 + (np.arange(hw) + 0.5) * (Y1 - Y0) / hw  # full-res coordinates of the work pixel centres
     xs = X0 + (np.arange(ww) + 0.5) * (X1 - X0) / ww
-    v, u = np.meshgrid(ys / H * 2 - 1, xs / W * 2 - 1, indexing="ij")
-    residual = sign * (g - background.at(u, v))  # (hw, ww)
+    residual = sign * (g - background.at((xs / W * 2 - 1)[None, :], (ys / H * 2 - 1)[:, None]))  # (hw, ww)
 
     # specks outside the kept components: mask with the (grown) component region, mapped to this grid
     grown = _shift_max(keep.astype(np.uint8), _SQUARE)

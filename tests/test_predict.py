@@ -1,0 +1,215 @@
+"""Predicting photos and drawings: the accuracy target, `predict_image`, and `digitlab predict`.
+
+    .venv/bin/python -m pytest tests/test_predict.py -q -s     # -s prints the measured accuracies
+
+THE TARGET: MNIST test digits turned into phone-photo-like JPEGs and canvas-like PNGs (tests/photolike.py)
+are predicted, through the full decode + preprocessing path, within 2 points of the same model's accuracy
+on the very same MNIST digits. The model is the session's `trained_mlp` (full MNIST, see conftest.py).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from photolike import make_set  # noqa: E402
+
+import digitlab  # noqa: E402
+from digitlab.cli import main  # noqa: E402
+from digitlab.images import load_image, predict_image, to_mnist  # noqa: E402
+
+N_PHOTO, N_CANVAS = 200, 100
+
+
+@pytest.fixture(scope="module")
+def mnist_test(mnist_dir):
+    images, labels = digitlab.data.load("mnist", split="test", data_dir=mnist_dir)
+    return images, labels.astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def model(trained_mlp):
+    return digitlab.load(trained_mlp.model_path)
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def seven(size=400, dark_on_light=True) -> Image.Image:
+    ink, paper = (0, 255) if dark_on_light else (255, 0)
+    img = Image.new("L", (size, size), paper)
+    d = ImageDraw.Draw(img)
+    s = size / 400
+    d.line([(110 * s, 90 * s), (290 * s, 90 * s), (180 * s, 320 * s)], fill=ink, width=round(26 * s), joint="curve")
+    return img
+
+
+# ------------------------------------------------------------------------------------------- target
+def test_photo_like_and_canvas_like_digits_match_mnist_accuracy(model, mnist_test):
+    images, labels = mnist_test
+    samples = make_set(images, labels, n_photo=N_PHOTO, n_canvas=N_CANVAS, seed=0)
+    idx = np.array([s[3] for s in samples])
+    truth = labels[idx]
+    inputs, found = [], []
+    for name, data, _, _ in samples:
+        x, ok = to_mnist(load_image(data, name=name))
+        inputs.append(x)
+        found.append(ok)
+    predicted = model.predict(np.stack(inputs))  # (300, 28, 28) -> (300,)
+    baseline = model.predict(images[idx])  # the same digits as MNIST gives them
+    photo = np.arange(len(samples)) < N_PHOTO
+    acc = {
+        "photo": float((predicted[photo] == truth[photo]).mean()),
+        "canvas": float((predicted[~photo] == truth[~photo]).mean()),
+        "all": float((predicted == truth).mean()),
+        "mnist": float((baseline == truth).mean()),
+    }
+    print(f"\nphoto-like {acc['photo']:.3f}  canvas-like {acc['canvas']:.3f}  all {acc['all']:.3f}  "
+          f"same digits from MNIST {acc['mnist']:.3f}  (n={len(samples)})")
+    assert all(found), "every generated picture has a digit"
+    assert acc["all"] >= acc["mnist"] - 0.02, acc
+    assert acc["photo"] >= acc["mnist"] - 0.03 and acc["canvas"] >= acc["mnist"] - 0.03, acc
+
+
+def test_mnist_digits_survive_preprocessing(model, mnist_test):
+    """A digit that already is MNIST comes back as (nearly) the same input: same accuracy, small change."""
+    images, labels = mnist_test
+    sel = np.arange(0, 10_000, 25)  # 400 digits spread over the test set
+    redone = np.stack([to_mnist(img)[0] for img in images[sel]])
+    before = float((model.predict(images[sel]) == labels[sel]).mean())
+    after = float((model.predict(redone) == labels[sel]).mean())
+    change = float(np.abs(redone.astype(np.float64) - images[sel]).mean())
+    print(f"\nMNIST digits: accuracy {before:.3f} as given, {after:.3f} after to_mnist; mean |change| {change:.1f}/255")
+    assert after >= before - 0.01
+    assert change < 12.0
+
+
+# --------------------------------------------------------------------------------------- python API
+def test_predict_image_returns_everything(model):
+    result = predict_image(model, png(seven()), top=3)
+    assert set(result) == {"digit", "probabilities", "input", "top", "found"}
+    assert result["found"] and result["digit"] == 7
+    p = np.array(result["probabilities"])
+    assert p.shape == (10,) and abs(p.sum() - 1) < 1e-4
+    assert [d for d, _ in result["top"]] == list(np.argsort(-p)[:3])
+    assert result["top"][0] == (7, pytest.approx(p[7]))
+    assert result["input"].shape == (28, 28) and result["input"].dtype == np.uint8
+    again = model.predict_image(seven(dark_on_light=False))  # Classifier.predict_image, white on black
+    assert again["digit"] == 7 and np.abs(again["input"].astype(int) - result["input"]).mean() < 2
+
+
+def test_blank_input_has_no_digit_but_still_probabilities(model):
+    result = predict_image(model, Image.new("RGB", (640, 480), (240, 235, 220)))
+    assert result["digit"] is None and not result["found"]
+    assert result["input"].max() == 0
+    assert abs(sum(result["probabilities"]) - 1) < 1e-4
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+@pytest.fixture()
+def folder(tmp_path):
+    """Two good pictures, a picture in a sub-folder pattern, and three bad files."""
+    d = tmp_path / "pics"
+    d.mkdir()
+    seven().save(d / "a-seven.png")
+    seven(900).convert("RGB").save(d / "b-seven.jpg", quality=80)
+    (d / "c-notes.png").write_bytes(b"not a picture at all")
+    (d / "d-empty.jpg").write_bytes(b"")
+    data = png(seven())
+    (d / "e-half.png").write_bytes(data[: len(data) // 2])
+    (d / "readme.txt").write_text("ignored: not an image suffix")
+    return d
+
+
+def test_cli_folder_prose_continues_after_bad_files(model, trained_mlp, folder, capsys):
+    code, out, err = run_cli(capsys, "predict", trained_mlp.model_path, folder)
+    assert code == 1
+    lines = out.strip().splitlines()
+    assert [Path(line.split(":")[0]).name for line in lines] == ["a-seven.png", "b-seven.jpg"]
+    assert all(": 7 (" in line and "runner-up:" in line and line.count("%") == 3 for line in lines)
+    errors = err.strip().splitlines()
+    assert len(errors) == 3
+    assert "c-notes.png: not an image" in errors[0]
+    assert "d-empty.jpg: empty file" in errors[1]
+    assert "e-half.png: truncated" in errors[2]
+    assert "Traceback" not in err
+
+
+def test_cli_json_globs_missing_files_and_top(model, trained_mlp, folder, capsys):
+    code, out, err = run_cli(capsys, "predict", trained_mlp.model_path, str(folder / "?-seven.*"),
+                             folder / "missing.png", str(folder / "*.nomatch"), "--json", "--top", "1")
+    assert code == 1 and err == ""
+    records = json.loads(out)
+    assert [Path(r["file"]).name for r in records] == ["a-seven.png", "b-seven.jpg", "missing.png", "*.nomatch"]
+    for r in records[:2]:
+        assert r["digit"] == 7 and r["error"] is None
+        assert len(r["probabilities"]) == 10 and abs(sum(r["probabilities"]) - 1) < 1e-4
+        assert len(r["top"]) == 1
+    assert "no such file" in records[2]["error"] and records[2]["digit"] is None
+    assert "no file matches" in records[3]["error"]
+
+
+def test_cli_stdin_and_show_input(model, trained_mlp, tmp_path, capsys, monkeypatch):
+    class Stdin:
+        buffer = io.BytesIO(png(seven()))
+
+    monkeypatch.setattr(sys, "stdin", Stdin)
+    blank = tmp_path / "blank.png"
+    Image.new("L", (300, 300), 255).save(blank)
+    shown = tmp_path / "shown"
+    code, out, err = run_cli(capsys, "predict", trained_mlp.model_path, "-", blank, "--show-input", shown, "--json")
+    assert code == 0, err
+    records = json.loads(out)
+    assert records[0]["file"] == "-" and records[0]["digit"] == 7
+    assert records[1]["digit"] is None and records[1]["error"] is None and len(records[1]["probabilities"]) == 10
+    expected = predict_image(model, png(seven()))["input"]
+    with Image.open(shown / "stdin.png") as small, Image.open(shown / "stdin-x10.png") as big:
+        assert small.size == (28, 28) and big.size == (280, 280)
+        assert np.array_equal(np.asarray(small), expected)
+        assert np.array_equal(np.asarray(big)[::10, ::10], expected)
+    assert (shown / "blank.png").is_file() and records[1]["input"] == str(shown / "blank.png")
+    code, out, _ = run_cli(capsys, "predict", trained_mlp.model_path, blank)
+    assert code == 0 and out.strip() == f"{blank}: no digit found"
+
+
+@pytest.mark.parametrize("loss,normalization", [("softmax_ce", "standard"), ("sigmoid_bce", "unit"),
+                                                ("softmax_mse", "raw")])
+def test_cli_works_with_every_model_kind(tmp_path, capsys, loss, normalization):
+    from digitlab.nn.model import Classifier, build_linear, build_mlp
+
+    rng = np.random.default_rng(0)
+    net = build_mlp(784, [16], 10, rng=rng) if loss == "softmax_mse" else build_linear(784, 10, init="glorot_normal", rng=rng)
+    path = Classifier(net, loss_name=loss, normalization=normalization).save(tmp_path / "m.safetensors")
+    image = tmp_path / "seven.png"
+    seven().save(image)
+    code, out, err = run_cli(capsys, "predict", path, image, "--json")
+    assert code == 0, err
+    (record,) = json.loads(out)
+    assert record["digit"] in range(10) and abs(sum(record["probabilities"]) - 1) < 1e-4
+
+
+def test_cli_bad_model_and_bad_top(trained_mlp, tmp_path, capsys):
+    image = tmp_path / "seven.png"
+    seven().save(image)
+    fake = tmp_path / "model.safetensors"
+    fake.write_bytes(b"\x00" * 20)
+    code, _, err = run_cli(capsys, "predict", fake, image)
+    assert code == 1 and err.startswith("digitlab: error:") and str(fake) in err and len(err.splitlines()) == 1
+    code, _, err = run_cli(capsys, "predict", trained_mlp.model_path, image, "--top", "0")
+    assert code == 1 and "--top" in err
