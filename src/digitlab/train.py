@@ -473,13 +473,14 @@ def _write_history(run_dir, history: list) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ reproduce
-def reproduce(names=None, out_dir=None, data_dir=None, quiet: bool = True) -> list[dict]:
+def reproduce(names=None, out_dir=None, data_dir=None, quiet: bool = True, report: bool = False) -> list[dict]:
     """Run seed recipes (default: all `seed-*`); one row per recipe comparing ours with the notebook's."""
     names = list(names) if names else [n for n in recipe_names() if n.startswith("seed-")]
     root = Path(out_dir) if out_dir is not None else default_run_dir("reproduce")
     rows = []
     for name in names:
-        result = train_recipe(name, None, out_dir=root / Path(name).stem, data_dir=data_dir, quiet=quiet)
+        result = train_recipe(name, None, out_dir=root / Path(name).stem, data_dir=data_dir, quiet=quiet,
+                              report=report)
         r = result.recipe
         ours = result.test_accuracy if r.reported_metric == "test_accuracy" else result.val_accuracy
         ok = r.target is None or round(ours, 4) >= r.target

@@ -162,6 +162,8 @@ def _register_reproduce(sub) -> None:
     p.add_argument("--out", type=str, default=None,
                    help="folder for the run folders (default: runs/reproduce-<YYYYmmdd-HHMMSS>)")
     p.add_argument("--quiet", action="store_true", default=False, help="no progress bars")
+    p.add_argument("--report", action="store_true", default=False,
+                   help="also write each run's plots and report.md (slower)")
     add_json_flag(p)
     p.set_defaults(func=cmd_reproduce)
 
@@ -169,7 +171,8 @@ def _register_reproduce(sub) -> None:
 def cmd_reproduce(args) -> int:
     from digitlab.train import reproduce
 
-    rows = reproduce(args.recipes or None, out_dir=args.out, data_dir=args.data_dir, quiet=args.quiet or args.json)
+    rows = reproduce(args.recipes or None, out_dir=args.out, data_dir=args.data_dir, quiet=args.quiet or args.json,
+                     report=args.report)
     emit(args, rows, _reproduce_table(rows))
     return 0 if all(r["ok"] for r in rows) else 1
 

@@ -1,0 +1,132 @@
+"""Training throughput vs the machine's float32 matmul peak, inference time, and peak memory of a run.
+
+    .venv/bin/python bench/train_speed.py                     # uses ../shared/data/mnist
+    .venv/bin/python bench/train_speed.py --data-dir ~/mnist --repeats 5
+
+Measures, on this machine, in this order:
+  1. float32 matmul peak: best GFLOP/s of a 2048x2048 @ 2048x2048 product (NumPy's BLAS, all its threads);
+  2. training throughput with batch 512 on the default `mlp` recipe's network (digitlab's fit(), one epoch,
+     shuffled), as GFLOP/s of the matrix products it has to do (forward, weight gradients, input gradients
+     of all but the first layer) and as a share of (1). Target >= 60 %;
+  3. inference: predict() on the 10,000 test images (uint8 in, normalisation included) with the default
+     MLP, median of --repeats. Target <= 30 ms;
+  4. peak memory: the maximum RSS of a child process that trains the `mlp` recipe for one epoch on full
+     MNIST through train_recipe (data loading, training, evaluation, model file). Target <= 300 MB.
+Prints a markdown table and the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "mnist"
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """Best-of-`repeats` GFLOP/s of an n x n float32 matrix product."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    out = np.empty((n, n), np.float32)
+    np.matmul(a, b, out=out)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.matmul(a, b, out=out)  # (n, n) @ (n, n) -> (n, n)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def mlp_flops_per_sample(widths: list[int]) -> int:
+    """Matmul FLOPs per training sample: forward + weight gradients + input gradients (not of layer 0)."""
+    pairs = list(zip(widths[:-1], widths[1:]))
+    forward = sum(2 * i * o for i, o in pairs)
+    weight_grads = forward
+    input_grads = sum(2 * i * o for i, o in pairs[1:])
+    return forward + weight_grads + input_grads
+
+
+def training_throughput(data_dir, batch_size: int = 512) -> tuple[float, float, list[int]]:
+    """(seconds for one epoch, achieved GFLOP/s, layer widths) for the mlp recipe at `batch_size`."""
+    from digitlab.recipes import load_recipe
+    from digitlab.train import TrainState, _rngs, build_model, build_optimizer, fit, prepare_data
+
+    recipe = dataclasses.replace(load_recipe("mlp"), epochs=1, batch_size=batch_size)
+    data = dataclasses.replace(prepare_data(recipe, data_dir), test=None)
+    rngs = _rngs(0)
+    model = build_model(recipe, 10, data.class_names, rngs)
+    state = fit(model, build_optimizer(recipe), data, recipe, TrainState(), rngs, run_dir=None, quiet=True)
+    seconds = state.history[-1]["seconds"]
+    widths = [784, *recipe.hidden, 10]
+    return seconds, mlp_flops_per_sample(widths) * len(data.train.labels) / seconds / 1e9, widths
+
+
+def inference_ms(data_dir, repeats: int) -> float:
+    from digitlab.data import load_dataset
+    from digitlab.recipes import load_recipe
+    from digitlab.train import _rngs, build_model
+
+    images = load_dataset("mnist", data_dir, quiet=True).test.images  # uint8 (10000, 28, 28)
+    model = build_model(load_recipe("mlp"), 10, [str(d) for d in range(10)], _rngs(0))
+    model.predict(images)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model.predict(images)
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+CHILD = """
+import sys, tempfile
+from digitlab.train import train_recipe
+with tempfile.TemporaryDirectory() as out:
+    train_recipe("mlp", {"epochs": 1}, out_dir=out, data_dir=sys.argv[1], quiet=True, report=False)
+"""
+
+
+def peak_rss_mb(data_dir) -> float:
+    """Max RSS of a child process training the mlp recipe for one epoch (ru_maxrss is in KiB on Linux)."""
+    subprocess.run([sys.executable, "-c", CHILD, str(data_dir)], check=True)
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=str, default=str(DEFAULT_DATA), help="MNIST folder")
+    parser.add_argument("--repeats", type=int, default=7, help="inference repeats (default: 7)")
+    parser.add_argument("--batch-size", type=int, default=512, help="training batch size (default: 512)")
+    args = parser.parse_args(argv)
+    if not Path(args.data_dir).is_dir():
+        print(f"train_speed: no MNIST at {args.data_dir} (pass --data-dir)", file=sys.stderr)
+        return 2
+    peak = matmul_peak()
+    seconds, gflops, widths = training_throughput(args.data_dir, args.batch_size)
+    infer = inference_ms(args.data_dir, args.repeats)
+    rss = peak_rss_mb(args.data_dir)
+    arch = "-".join(map(str, widths))
+    print(f"## digitlab training speed\n\n`{Path(sys.executable).name} bench/train_speed.py "
+          f"{' '.join(argv or sys.argv[1:])}`, numpy {np.__version__}\n")
+    print("| measure | value | target |")
+    print("|---|---|---|")
+    print(f"| float32 matmul peak (2048^3) | {peak:.1f} GFLOP/s | |")
+    print(f"| training, batch {args.batch_size}, {arch}, one epoch | {seconds:.2f} s = {gflops:.1f} GFLOP/s = "
+          f"**{100 * gflops / peak:.0f} %** of peak | >= 60 % |")
+    print(f"| inference, 10,000 test images, {arch} | **{infer:.1f} ms** | <= 30 ms |")
+    print(f"| peak RSS, `mlp` recipe, 1 epoch on full MNIST | **{rss:.0f} MB** | <= 300 MB |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
