@@ -103,8 +103,9 @@ def photo_like(digit: np.ndarray, rng: np.random.Generator, style: PhotoStyle = 
     paper_level = rng.uniform(190, 250)
     paper = np.clip(paper_level * light[:, :, None] * tint, 0, 255)  # (24, 24, 1) * (3,) -> (24, 24, 3)
     paper_img = Image.fromarray(paper.astype(np.uint8), mode="RGB").resize((w, h), Image.Resampling.BILINEAR)
-    ink_rgb = tuple(int(c) for c in rng.uniform([5, 5, 10], [60, 60, 110]))
-    photo = Image.composite(Image.new("RGB", (w, h), ink_rgb), paper_img, mask)
+    ink_rgb = rng.uniform([5, 5, 10], [60, 60, 110]).astype(np.float32)  # (3,) ink lit like the paper
+    lit_ink = Image.fromarray(np.clip(ink_rgb * light[:, :, None], 0, 255).astype(np.uint8), mode="RGB")
+    photo = Image.composite(lit_ink.resize((w, h), Image.Resampling.BILINEAR), paper_img, mask)
 
     # specks of dirt, sensor noise (a tile of Gaussian noise repeated over big pictures), JPEG
     draw = ImageDraw.Draw(photo)

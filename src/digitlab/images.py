@@ -449,7 +449,11 @@ def _work_crop(grey, background: _Background, sign: float, scale: float, box, ke
     hw, ww = g.shape
     ys = Y0 + (np.arange(hw) + 0.5) * (Y1 - Y0) / hw  # full-res coordinates of the work pixel centres
     xs = X0 + (np.arange(ww) + 0.5) * (X1 - X0) / ww
-    residual = sign * (g - background.at((xs / W * 2 - 1)[None, :], (ys / H * 2 - 1)[:, None]))  # (hw, ww)
+    bg = background.at((xs / W * 2 - 1)[None, :], (ys / H * 2 - 1)[:, None])  # (hw, ww)
+    residual = sign * (g - bg)
+    if sign < 0:  # dark ink on lit paper: the contrast scales with the light, so measure it relative to the paper
+        paper = max(float(bg.mean()), 1.0)
+        residual *= paper / np.maximum(bg, 0.25 * paper)
 
     # specks outside the kept components: mask with the (grown) component region, mapped to this grid
     grown = _shift_max(keep.astype(np.uint8), _SQUARE)
