@@ -175,12 +175,15 @@
     if (isEmpty()) { showInput(null); showEmpty("Draw a digit in the box."); return; }
     if (inFlight) { dirty = true; return; }
     // The uploaded file as sent is better than its copy on the pad, as long as nothing was drawn over it.
-    if (background && strokes.length === 0) { send(background.file); return; }
-    pad.toBlob((blob) => send(blob), "image/png");
+    const mine = generation;
+    if (background && strokes.length === 0) { send(background.file, mine); return; }
+    inFlight = true;  // toBlob is asynchronous: hold the slot from now on
+    pad.toBlob((blob) => { inFlight = false; send(blob, mine); }, "image/png");
   }
 
-  async function send(blob) {
-    const mine = generation;
+  // `mine` is the drawing's generation when its pixels were taken; answers for an older one are dropped.
+  async function send(blob, mine = generation) {
+    if (mine !== generation) { askAgainIfChanged(); return; }
     inFlight = true;
     try {
       const response = await fetch("/api/predict", {
@@ -200,8 +203,12 @@
       if (mine === generation) statusLine.textContent = `Cannot reach the server: ${error.message}`;
     } finally {
       inFlight = false;
-      if (dirty) { dirty = false; schedule(); }
+      askAgainIfChanged();
     }
+  }
+
+  function askAgainIfChanged() {
+    if (dirty) { dirty = false; schedule(); }
   }
 
   // ---- buttons and keys ----
