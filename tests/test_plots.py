@@ -63,6 +63,20 @@ def test_confusion_matrix_counts_every_pair(pairs):
             assert counts[t, p] == expected[(t, p)]
 
 
+def test_confusion_matrix_refuses_labels_outside_the_classes():
+    with pytest.raises(DataError, match=r"label 12 is outside the model's 10 classes"):
+        plots.confusion_matrix(np.array([1, 12]), np.array([1, 2]), 10)
+
+
+def test_unwritable_output_is_a_clear_error(tmp_path):
+    (tmp_path / "history.csv").write_text(HEADER + "1,0.9,0.7,,,1.5\n")
+    with pytest.raises(DigitlabError, match="is a folder"):
+        plots.plot_curves(tmp_path, tmp_path)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DigitlabError, match="cannot write the plot"):
+        plots.plot_curves(tmp_path, tmp_path / "file" / "curves.png")
+
+
 def test_row_normalize_and_per_class_accuracy():
     counts = np.array([[8, 2, 0], [0, 0, 0], [1, 1, 2]])
     fractions = plots.row_normalize(counts)

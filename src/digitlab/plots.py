@@ -66,6 +66,10 @@ def confusion_matrix(labels, predictions, n_classes: int) -> np.ndarray:
     predictions = np.asarray(predictions, dtype=np.int64)  # (N,)
     if labels.shape != predictions.shape:
         raise ValueError(f"labels {labels.shape} and predictions {predictions.shape} differ in shape")
+    for name, values in (("label", labels), ("prediction", predictions)):
+        if values.size and (values.min() < 0 or values.max() >= n_classes):
+            bad = int(values.max()) if values.max() >= n_classes else int(values.min())
+            raise DataError(f"{name} {bad} is outside the model's {n_classes} classes (0..{n_classes - 1})")
     flat = labels * n_classes + predictions  # (N,) index into the flattened matrix
     return np.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
@@ -144,11 +148,16 @@ def _save(fig, kind: str, out) -> Plot:
     """Render `fig` to PNG in memory and write it atomically to `out`."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+    out = Path(out)
+    if out.is_dir():
+        raise DigitlabError(f"{out}: is a folder; give a file name such as {out / (kind + '.png')}")
     FigureCanvasAgg(fig)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
-    out = Path(out)
-    atomic_write_bytes(out, buffer.getvalue())
+    try:
+        atomic_write_bytes(out, buffer.getvalue())
+    except OSError as exc:
+        raise DigitlabError(f"{out}: cannot write the plot ({exc.strerror or exc})") from None
     width, height = FIGURE_PIXELS[kind]
     return Plot(out, width, height)
 
