@@ -291,3 +291,22 @@ def test_weights_of_a_model_without_pixel_weights_is_a_clear_error(tmp_path):
     with pytest.raises(DigitlabError, match=r"shape \(8, 1, 3, 3\)"):
         plots.plot_weights(Model(), tmp_path / "w.png")
     assert not (tmp_path / "w.png").exists()
+
+
+def test_no_pyplot_and_no_matplotlib_until_a_plot_is_drawn(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "history.csv").write_text(HEADER + "1,0.9,0.7,,,1.5\n2,0.5,0.8,,,1.5\n")
+    code = (
+        "import argparse, sys\n"
+        "import digitlab.commands.plot as cmd\n"
+        "cmd.register(argparse.ArgumentParser().add_subparsers())\n"
+        "assert 'matplotlib' not in sys.modules, 'registering the plot command imported matplotlib'\n"
+        "from digitlab import plots\n"
+        f"plots.plot_curves({str(tmp_path)!r}, {str(tmp_path / 'c.png')!r})\n"
+        "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "c.png").is_file()
