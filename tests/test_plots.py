@@ -272,6 +272,15 @@ def test_run_report_links_existing_files_and_tables_match(softmax_run, mnist_tes
     assert "seed-001-softmax" in text  # the recipe is part of the report
 
 
+def test_run_report_refuses_mismatched_test_data(softmax_run, mnist_test, tmp_path):
+    images, labels = mnist_test
+    with pytest.raises(DataError, match="10 test images with 9 labels"):
+        plots.write_run_report(tmp_path, softmax_run.model, images[:10], labels[:9])
+    with pytest.raises(DataError, match="run folder not found"):
+        plots.write_run_report(tmp_path / "nope", softmax_run.model, images[:10], labels[:10])
+    assert not list(tmp_path.iterdir())
+
+
 def test_run_report_written_by_training(trained_mlp):
     run_dir = trained_mlp.model_path.parent
     text = (run_dir / "report.md").read_text()

@@ -443,6 +443,8 @@ def write_run_report(run_dir, model, test_images, test_labels, n_mistakes: int =
     if not run_dir.is_dir():
         raise DataError(f"{run_dir}: run folder not found")
     labels = np.asarray(test_labels, dtype=np.int64)  # (N,)
+    if len(labels) == 0 or len(labels) != len(test_images):
+        raise DataError(f"{run_dir}: cannot report on {len(test_images)} test images with {len(labels)} labels")
     proba = np.asarray(model.predict_proba(test_images))  # (N, C)
     predictions = proba.argmax(axis=1)  # (N,)
     names = _class_names(model, proba.shape[1])
