@@ -166,6 +166,27 @@ def test_specks_do_not_move_the_box(reference_input):
     assert found and mad(x, clean) < 2.0
 
 
+@pytest.mark.parametrize("frame", ["desk on two sides", "dark corner", "strip at the bottom"])
+def test_desk_and_paper_edges_along_the_border_are_ignored(frame, reference_input):
+    img = draw_digit((1000, 800), (0.5, 0.5), 0.4, 0.06, paper=225).convert("RGB")
+    d = ImageDraw.Draw(img)
+    if frame == "desk on two sides":
+        d.rectangle((0, 0, 1000, 90), fill=(60, 40, 30))
+        d.rectangle((0, 0, 70, 800), fill=(60, 40, 30))
+    elif frame == "dark corner":
+        d.polygon([(0, 0), (300, 0), (0, 250)], fill=(50, 50, 50))
+    else:
+        d.rectangle((0, 700, 1000, 800), fill=(80, 60, 40))
+    x, found = to_mnist(img)
+    assert found and mad(x, reference_input) < 6.0
+
+
+def test_a_digit_touching_the_border_is_kept(reference_input):
+    img = draw_digit((300, 300), (0.5, 0.5), 1.0, 0.06)  # the 7's bar and foot run off the canvas
+    x, found = to_mnist(img)
+    assert found and max(ink_box(x)) == 20 and (x > 0).sum() > 60
+
+
 # ------------------------------------------------------------------------------------- empty input
 def _noisy(value, size=(640, 480), sigma=4.0, seed=0):
     rng = np.random.default_rng(seed)

@@ -418,14 +418,36 @@ def _main_components(mask: np.ndarray, ink: np.ndarray, share: float) -> np.ndar
             break
         labels = new
     full = np.repeat(np.repeat(labels, f, axis=0), f, axis=1)[:h, :w]  # (h, w) label of each pixel's cell
+    n = int(labels.max()) + 1
     weights = np.where(mask, ink, 0.0).ravel()
-    mass = np.bincount(full.ravel(), weights=weights, minlength=labels.max() + 1)  # (max label + 1,)
+    mass = np.bincount(full.ravel(), weights=weights, minlength=n)  # (n,)
     mass[0] = 0.0
-    total = mass.sum()
-    if total <= 0:
+    if mass.sum() <= 0:
         return None
-    kept = np.flatnonzero(mass >= share * total)
+    frame = _frame_like(mask, full, n)
+    if (mass[~frame] > 0).any():  # a table edge or shadow along the border is not the digit
+        mass[frame] = 0.0
+    kept = np.flatnonzero(mass >= share * mass.sum())
     return np.isin(full, kept)
+
+
+def _frame_like(mask: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """(n,) bool: components that run along the image border (a desk, the paper's edge, a dark corner).
+
+    A digit may touch the border with a stroke end (contact about one stroke width); a frame-like region
+    touches it over at least three of its own widths and over a tenth of the image's shorter side.
+    """
+    h, w = mask.shape
+    lab = np.where(mask, labels, 0)  # (h, w)
+    area = np.bincount(lab.ravel(), minlength=n).astype(np.float64)  # (n,)
+    inner = -_shift_max(-mask.astype(np.int8), [(0, 1), (0, -1), (1, 0), (-1, 0), (0, 0)])  # 4-neighbour erosion
+    edge = np.bincount(lab[mask & (inner == 0)], minlength=n).astype(np.float64)  # boundary pixels
+    width = 2.0 * area / np.maximum(edge, 1.0)  # (n,) mean thickness
+    ring = np.concatenate([lab[0], lab[-1], lab[1:-1, 0], lab[1:-1, -1]])
+    contact = np.bincount(ring, minlength=n).astype(np.float64)  # (n,) border pixels
+    frame = (contact >= 3.0 * width) & (contact >= 0.1 * min(h, w))
+    frame[0] = False
+    return frame
 
 
 def _work_crop(grey, background: _Background, sign: float, scale: float, box, keep, config):
