@@ -19,6 +19,7 @@ from pathlib import Path
 from digitlab.commands._common import add_json_flag, emit
 
 SPLITS = ("train", "test", "all")  # as digitlab.data.load
+DATA_DIR_HELP = "folder holding the data set files (default: digitlab's usual lookup and cache)"
 
 
 def register(subparsers) -> None:
@@ -39,7 +40,8 @@ def register(subparsers) -> None:
                          description="The ten 28x28 templates of a linear model (diverging colormap centred on 0) "
                                      "or a grid of first-layer units of a deeper model.")
     w.add_argument("model", metavar="MODEL", type=Path, help="a model file (model.safetensors)")
-    w.add_argument("--units", type=int, default=64, help="how many first-layer units to draw for a deeper model (default: 64)")
+    w.add_argument("--units", type=int, default=64,
+                   help="how many first-layer units to draw for a deeper model (default: 64)")
     _add_out(w, "weights.png next to MODEL")
     w.set_defaults(func=cmd_weights)
 
@@ -61,9 +63,11 @@ def register(subparsers) -> None:
     s = kinds.add_parser("samples", help="a grid of examples per class of a data set",
                          description="A grid with one row of examples per class, class names as row labels.")
     s.add_argument("dataset", metavar="DATASET", type=str, help="data set name: mnist, fashion-mnist, mnist-sample")
-    s.add_argument("--per-class", type=int, default=10, help="examples per class, the first ones of the split (default: 10)")
-    s.add_argument("--split", type=str, default="train", choices=SPLITS, help="which split to draw from (default: train)")
-    s.add_argument("--data-dir", type=Path, default=None, help="folder holding the data files (default: the cache)")
+    s.add_argument("--per-class", type=int, default=10,
+                   help="examples per class, the first ones of the split (default: 10)")
+    s.add_argument("--split", type=str, default="train", choices=SPLITS,
+                   help="which split to draw from (default: train)")
+    s.add_argument("--data-dir", type=Path, default=None, metavar="DIR", help=DATA_DIR_HELP)
     _add_out(s, "./samples-DATASET.png")
     s.set_defaults(func=cmd_samples)
 
@@ -76,8 +80,9 @@ def _add_out(parser, default_text: str) -> None:
 def _add_data_flags(parser) -> None:
     parser.add_argument("--dataset", type=str, default=None,
                         help="data set to evaluate on (default: the one the model was trained on, else mnist)")
-    parser.add_argument("--split", type=str, default="test", choices=SPLITS, help="which split to evaluate on (default: test)")
-    parser.add_argument("--data-dir", type=Path, default=None, help="folder holding the data files (default: the cache)")
+    parser.add_argument("--split", type=str, default="test", choices=SPLITS,
+                        help="which split to evaluate on (default: test)")
+    parser.add_argument("--data-dir", type=Path, default=None, metavar="DIR", help=DATA_DIR_HELP)
 
 
 def _report(args, plot) -> int:
