@@ -115,6 +115,13 @@ DROP_OR_PASTE = """({bytes, event}) => {
 }"""
 
 
+def pad_pixel(page, fx: float, fy: float) -> int:
+    """The red value (0..255) of the pad's pixel at fractions (fx, fy) of its size."""
+    return page.eval_on_selector(
+        "#pad", "(c, [fx, fy]) => c.getContext('2d').getImageData(fx * c.width, fy * c.height, 1, 1).data[0]", [fx, fy]
+    )
+
+
 def shown_probabilities(page) -> list[str]:
     return page.eval_on_selector_all("#bars li", "items => items.map(li => li.dataset.probability)")
 
@@ -192,8 +199,10 @@ def test_clear_undo_and_keyboard(page):
     draw_one(page)
     expect(answer).to_have_text("1", timeout=15_000)
     stroke(page, [(0.2, 0.2), (0.8, 0.2)])
+    assert pad_pixel(page, 0.3, 0.2) == 255
     page.wait_for_timeout(400)
     page.click("#undo")
+    assert pad_pixel(page, 0.3, 0.2) == 0 and pad_pixel(page, 0.52, 0.5) == 255
     expect(answer).to_have_text("1", timeout=15_000)
 
     # Keyboard: the buttons are reachable with Tab, Enter presses them, Ctrl+Z undoes, Escape clears.
