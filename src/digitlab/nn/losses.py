@@ -29,8 +29,12 @@ from digitlab.nn.backend import array_module
 
 
 def _check(scores, labels):
+    """Shapes (N, C) and (N,), labels in 0..C-1: a bad label must never index a neighbouring row."""
     if scores.ndim != 2 or labels.shape != (scores.shape[0],):
         raise ValueError(f"scores must be (N, C) and labels (N,), got {scores.shape} and {labels.shape}")
+    as_unsigned = labels.view(f"u{labels.itemsize}") if labels.dtype.kind == "i" else labels  # -1 -> huge
+    if labels.dtype.kind not in "iu" or (labels.size and as_unsigned.max() >= scores.shape[1]):
+        raise ValueError(f"labels must be class indices 0..{scores.shape[1] - 1}")
 
 
 def softmax(scores, out=None):
@@ -43,18 +47,29 @@ def softmax(scores, out=None):
 
 
 def softmax_cross_entropy(scores, labels, out=None):
-    """Mean cross-entropy of softmax(scores) against integer labels, and its gradient (softmax - Y) / N."""
+    """Mean cross-entropy of softmax(scores) against integer labels, and its gradient (softmax - Y) / N.
+
+    Written for small (N, C) batches, where the per-call cost of NumPy dominates: the row maxima come from
+    argmax (much faster than max over a short axis) and the label entries are addressed by flat index.
+    """
     _check(scores, labels)
     xp = array_module(scores)
-    n = scores.shape[0]
-    rows = xp.arange(n)
-    z = xp.subtract(scores, scores.max(axis=1, keepdims=True), out=out)   # (N, C), max-subtracted
-    correct = z[rows, labels].astype(xp.float64)                           # (N,)  z_y
-    xp.exp(z, out=z)                                                       # (N, C) e^z, in (0, 1]
-    total = z.sum(axis=1, keepdims=True)                                   # (N, 1) >= 1
-    loss = float(xp.log(total[:, 0].astype(xp.float64)).sum() - correct.sum()) / n
-    z *= (1.0 / n) / total                                                 # (N, C) softmax / N
-    z[rows, labels] -= 1.0 / n                                             # (N, C) (softmax - Y) / N
+    n, c = scores.shape
+    rows = xp.arange(0, n * c, c)                                          # (N,) flat start of each row
+    rowmax = scores.reshape(-1)[rows + scores.argmax(axis=1)]              # (N,) row maxima
+    if out is not None and not out.flags.c_contiguous:
+        raise ValueError("softmax_cross_entropy needs a C-contiguous out= array")
+    z = xp.subtract(scores, rowmax[:, None], out=out)                      # (N, C), max-subtracted, <= 0
+    flat = z.reshape(-1)                                                   # a view: z is C-contiguous
+    target = rows + labels                                                 # (N,) flat index of z_y
+    correct = flat[target]                                                 # (N,) z_y (a copy)
+    xp.exp(z, out=z)                                                       # (N, C) e^z in (0, 1]
+    total = z.sum(axis=1)                                                  # (N,) >= 1
+    correct -= xp.log(total)                                               # (N,) log softmax(z)_y
+    loss = -float(correct.sum()) / n
+    total *= n
+    z /= total[:, None]                                                    # (N, C) softmax / N
+    flat[target] -= z.dtype.type(1.0 / n)                                  # (N, C) (softmax - Y) / N
     return loss, z
 
 

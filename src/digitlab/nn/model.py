@@ -67,11 +67,8 @@ class Classifier:
         return self.loss.name
 
     # -- inference ------------------------------------------------------------------------------------
-    def prepare(self, images) -> np.ndarray:
-        """Images in any accepted form -> normalised (N, input_dim) array of the network's dtype.
-
-        uint8 arrays are 0..255 pixels; float arrays are pixels in [0, 1]. DataError for anything else.
-        """
+    def _as_batch(self, images) -> np.ndarray:
+        """Any accepted form -> (N, input_dim) raw pixels (a view where possible); DataError otherwise."""
         x = np.asarray(images)
         dim = self.net.input_dim
         if list(x.shape) == self.input_shape or (x.ndim == 1 and x.size == dim):
@@ -79,26 +76,34 @@ class Classifier:
         if x.ndim < 2 or math.prod(x.shape[1:]) != dim:
             raise DataError(f"images of shape {x.shape} do not fit this model (it expects "
                             f"{'x'.join(map(str, self.input_shape))} = {dim} values per image)")
-        x = x.reshape(x.shape[0], dim)                               # (N, 28, 28) -> (N, 784)
         if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
             raise DataError(f"images must be uint8 0..255 or floats in [0, 1], got dtype {x.dtype}")
+        return x.reshape(x.shape[0], dim)                            # (N, 28, 28) -> (N, 784)
+
+    def prepare(self, images) -> np.ndarray:
+        """Images in any accepted form -> normalised (N, input_dim) array of the network's dtype.
+
+        uint8 arrays are 0..255 pixels; float arrays are pixels in [0, 1]. DataError for anything else.
+        """
         from digitlab.data.dataset import normalize  # THE normalisation (checks float ranges too)
 
-        return normalize(x, self.normalization, self.net.dtype)
+        return normalize(self._as_batch(images), self.normalization, self.net.dtype)
 
-    def scores(self, images, batch_size: int = 8192) -> np.ndarray:
-        """Raw class scores (N, C), computed in inference mode in chunks of batch_size."""
-        x = self.prepare(images)
-        if x.shape[0] <= batch_size:
-            return self.net.forward(x, train=False)
-        return np.concatenate([self.net.forward(x[i:i + batch_size], train=False)
-                               for i in range(0, x.shape[0], batch_size)])
+    def scores(self, images, batch_size: int = 16384) -> np.ndarray:
+        """Raw class scores (N, C) in inference mode (no training caches), normalising batch_size images
+        at a time so memory stays bounded for any N."""
+        from digitlab.data.dataset import normalize
 
-    def predict_proba(self, images, batch_size: int = 8192) -> np.ndarray:
+        x = self._as_batch(images)
+        parts = [self.net.forward(normalize(x[i:i + batch_size], self.normalization, self.net.dtype), train=False)
+                 for i in range(0, max(x.shape[0], 1), batch_size)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def predict_proba(self, images, batch_size: int = 16384) -> np.ndarray:
         """float32 (N, C) class probabilities; rows sum to 1."""
         return self.loss.probabilities(self.scores(images, batch_size)).astype(np.float32, copy=False)
 
-    def predict(self, images, batch_size: int = 8192) -> np.ndarray:
+    def predict(self, images, batch_size: int = 16384) -> np.ndarray:
         """int64 (N,) predicted class indices (argmax of the scores)."""
         return self.scores(images, batch_size).argmax(axis=1).astype(np.int64)
 

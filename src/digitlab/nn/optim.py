@@ -29,56 +29,66 @@ from digitlab.nn.backend import array_module
 
 
 class Optimizer:
-    """Base: per-parameter state arrays created lazily, keyed "<kind>.<index>"."""
+    """Base: per-parameter state arrays (one list per slot, index = parameter position), made on first step."""
 
     name = "optimizer"
     hyper: tuple[str, ...] = ()
-    slots: tuple[str, ...] = ()
+    slots: tuple[str, ...] = ()          # saved in state_dict as "<slot>.<index>"
     weight_decay = 0.0
 
     def __init__(self):
         self.t = 0
-        self.state: dict = {}
+        self.state: dict[str, list] = {}   # slot -> [array per parameter]
+        self._scratch: list = []           # work arrays, one per parameter (never saved)
+        self._wd: list = []
 
-    def _slot(self, kind, i, like):
-        key = f"{kind}.{i}"
-        arr = self.state.get(key)
-        if arr is None:
-            arr = self.state[key] = array_module(like).zeros_like(like)
-        return arr
-
-    def _decayed(self, i, p, g):
-        """g + wd * p in a scratch array (g itself when there is no weight decay)."""
-        if not self.weight_decay:
-            return g
-        xp = array_module(p)
-        d = self._slot("scratch_wd", i, p)
-        xp.multiply(p, self.weight_decay, out=d)
-        d += g
-        return d
+    def _ensure_state(self, params):
+        if len(self._scratch) != len(params):
+            xp = array_module(params[0]) if params else None
+            self._scratch = [xp.empty_like(p) for p in params]
+            self._wd = [xp.empty_like(p) for p in params] if self.weight_decay else []
+            for slot in self.slots:
+                if len(self.state.get(slot, ())) != len(params):
+                    self.state[slot] = [xp.zeros_like(p) for p in params]
 
     def step(self, params: list, grads: list, lr: float) -> None:
+        """Update every array in `params` in place from the matching array in `grads` (left unchanged)."""
         if len(params) != len(grads):
             raise ValueError(f"{len(params)} parameters but {len(grads)} gradients")
+        self._ensure_state(params)
         self.t += 1
+        lr = float(lr)
         for i, (p, g) in enumerate(zip(params, grads)):
-            self._update(i, p, self._decayed(i, p, g), float(lr))
+            if self.weight_decay:                      # L2: g + wd * p, in a work array
+                d = array_module(p).multiply(p, self.weight_decay, out=self._wd[i])
+                d += g
+                g = d
+            self._update(i, p, g, lr)
 
     def state_dict(self) -> dict:
+        """Flat dict: name, t, hyper-parameters, and "<slot>.<i>" arrays (copies)."""
         out = {"name": self.name, "t": self.t}
         out.update({h: getattr(self, h) for h in self.hyper})
-        out.update({k: v.copy() for k, v in self.state.items() if k.split(".")[0] in self.slots})
+        for slot, arrays in self.state.items():
+            out.update({f"{slot}.{i}": a.copy() for i, a in enumerate(arrays)})
         return out
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore from `state_dict()`; TrainingError when it belongs to another optimizer or setting."""
         if state.get("name") != self.name:
             raise TrainingError(f"optimizer state is for {state.get('name')!r}, not {self.name!r}")
         for h in self.hyper:
             if h in state and state[h] != getattr(self, h):
                 raise TrainingError(f"optimizer state has {h}={state[h]!r}, this run uses {getattr(self, h)!r}")
         self.t = int(state["t"])
-        self.state = {k: array_module(v).array(v, copy=True) for k, v in state.items()
-                      if k.split(".")[0] in self.slots}
+        self.state = {}
+        for slot in self.slots:
+            n = sum(1 for k in state if k.startswith(slot + "."))
+            try:
+                self.state[slot] = [array_module(state[f"{slot}.{i}"]).array(state[f"{slot}.{i}"], copy=True)
+                                    for i in range(n)]
+            except KeyError as exc:
+                raise TrainingError(f"optimizer state lacks {exc.args[0]!r}") from None
 
 
 class SGD(Optimizer):
@@ -98,9 +108,9 @@ class SGD(Optimizer):
 
     def _update(self, i, p, g, lr):
         xp = array_module(p)
-        s = self._slot("scratch", i, p)
+        s = self._scratch[i]
         if self.momentum:
-            v = self._slot("velocity", i, p)
+            v = self.state["velocity"][i]
             v *= self.momentum
             v += g                                           # v <- mu v + g
             if self.nesterov:
@@ -128,7 +138,7 @@ class Adam(Optimizer):
 
     def _update(self, i, p, g, lr):
         xp = array_module(p)
-        m, v, s = self._slot("m", i, p), self._slot("v", i, p), self._slot("scratch", i, p)
+        m, v, s = self.state["m"][i], self.state["v"][i], self._scratch[i]
         m *= self.beta1
         xp.multiply(g, 1.0 - self.beta1, out=s)
         m += s                                               # m <- b1 m + (1-b1) g
