@@ -165,6 +165,28 @@ def test_training_never_touches_the_callers_arrays():
     np.testing.assert_array_equal(d, d0)
 
 
+def test_inference_between_forward_and_backward_changes_nothing():
+    rng = np.random.default_rng(0)
+    net = build_mlp(6, [5, 4], 3, activation="tanh", dropout=0.3, rng=rng)
+    x, y = rng.random((7, 6), dtype=np.float32), rng.integers(0, 3, size=7)
+    state = net.state_dict()
+    loss = get_loss("softmax_ce")
+    results = []
+    for interleave in (False, True):
+        net.load_state_dict(state)
+        for layer in net.layers:
+            if isinstance(layer, Dropout):
+                layer.rng = np.random.default_rng(9)
+        scores = net.forward(x)
+        if interleave:
+            net.forward(rng.random((11, 6), dtype=np.float32), train=False)
+        _, d = loss(scores, y, out=scores)
+        net.backward(d)
+        results.append([g.copy() for g in net.grads()])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_inference_returns_fresh_arrays():
     rng = np.random.default_rng(0)
     net = build_mlp(5, [4], 3, rng=rng)

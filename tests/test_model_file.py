@@ -124,7 +124,7 @@ def test_chunked_inference_matches_one_pass(model, images):
                                rtol=1e-5)
 
 
-def test_prediction_leaves_training_caches_alone(model, images):
+def test_prediction_keeps_no_training_caches(model, images):
     model.predict_proba(images)
     assert model.net.layers[0]._x is None
 

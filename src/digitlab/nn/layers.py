@@ -9,6 +9,9 @@
     params, grads = net.parameters(), net.grads()   # parallel lists of arrays for an optimizer
     scores = net.forward(x, train=False)            # inference: no caches, fresh output arrays
 
+Inference (`train=False`) allocates fresh arrays and neither reads nor writes the training caches, so it is
+safe to call between a training forward and its backward, and from several threads at once.
+
 Gradient convention: `backward` OVERWRITES each gradient array with the gradient of the current batch (it
 writes into the preallocated `dW`/`db` with `out=`); nothing accumulates across calls, so a training step
 does not need `zero_grad()` (it exists to clear gradients explicitly, e.g. before inspecting them).
@@ -94,7 +97,8 @@ class Linear(Layer):
         xp.matmul(x, self.W, out=y)                      # (N, in) @ (in, out) -> (N, out)
         if self.b is not None:
             y += self.b                                  # (N, out) + (out,)
-        self._x = x if train else None
+        if train:
+            self._x = x                                  # kept for dW = x^T dy
         return y
 
     def backward(self, dy, need_dx=True):
@@ -128,7 +132,8 @@ class ReLU(Layer):
         mask = xp.greater(x, 0, out=self._out("mask", x, train, dtype=bool))            # (N, D) bool
         y = x if (train and self.input_is_scratch) else self._out("y", x, train)
         xp.multiply(x, mask, out=y)                     # (N, D), in place on the previous Linear's buffer
-        self._mask = mask if train else None
+        if train:
+            self._mask = mask
         return y
 
     def backward(self, dy, need_dx=True):
@@ -153,7 +158,8 @@ class LeakyReLU(Layer):
         y = self._out("y", x, train)
         xp.multiply(x, self.slope, out=y)                # (N, D)
         xp.maximum(x, y, out=y)                          # (N, D): x where x > 0, slope*x elsewhere
-        self._y = y if train else None
+        if train:
+            self._y = y
         return y
 
     def backward(self, dy, need_dx=True):
@@ -184,7 +190,8 @@ class Sigmoid(Layer):
 
     def forward(self, x, train=True):
         y = stable_sigmoid(x, out=self._out("y", x, train))   # (N, D)
-        self._y = y if train else None
+        if train:
+            self._y = y
         return y
 
     def backward(self, dy, need_dx=True):
@@ -205,7 +212,8 @@ class Tanh(Layer):
     def forward(self, x, train=True):
         xp = array_module(x)
         y = xp.tanh(x, out=self._out("y", x, train))    # (N, D)
-        self._y = y if train else None
+        if train:
+            self._y = y
         return y
 
     def backward(self, dy, need_dx=True):
@@ -233,8 +241,10 @@ class Dropout(Layer):
         self._mask = None
 
     def forward(self, x, train=True):
-        if not train or self.p == 0.0:
-            self._mask = None if not self.hold_mask else self._mask
+        if not train:
+            return x
+        if self.p == 0.0:
+            self._mask = None
             return x
         xp = array_module(x)
         if not (self.hold_mask and self._mask is not None and self._mask.shape == x.shape):
