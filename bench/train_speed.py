@@ -1,7 +1,7 @@
 """Training throughput vs the machine's float32 matmul peak, inference time, and peak memory of a run.
 
     .venv/bin/python bench/train_speed.py                     # uses ../shared/data/mnist
-    .venv/bin/python bench/train_speed.py --data-dir ~/mnist --repeats 5
+    .venv/bin/python bench/train_speed.py --data-dir ~/mnist --repeats 5 --threads 1   # one BLAS thread
 
 Measures, on this machine, in this order:
   1. float32 matmul peak: best GFLOP/s of a 2048x2048 @ 2048x2048 product (NumPy's BLAS, all its threads);
@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
-
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "mnist"
@@ -35,6 +33,8 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "mnist"
 
 def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
     """Best-of-`repeats` GFLOP/s of an n x n float32 matrix product."""
+    import numpy as np
+
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
@@ -107,7 +107,13 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", type=str, default=str(DEFAULT_DATA), help="MNIST folder")
     parser.add_argument("--repeats", type=int, default=7, help="inference repeats (default: 7)")
     parser.add_argument("--batch-size", type=int, default=512, help="training batch size (default: 512)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="OpenBLAS threads, set before NumPy loads (default: 0 = OpenBLAS's own choice)")
     args = parser.parse_args(argv)
+    if args.threads:
+        os.environ["OPENBLAS_NUM_THREADS"] = str(args.threads)  # the child process inherits it too
+    import numpy as np
+
     if not Path(args.data_dir).is_dir():
         print(f"train_speed: no MNIST at {args.data_dir} (pass --data-dir)", file=sys.stderr)
         return 2

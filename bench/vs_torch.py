@@ -2,7 +2,7 @@
 
     .venv/bin/pip install -e '.[bench]'          # torch==2.13.0, only a bench dependency
     .venv/bin/python bench/vs_torch.py            # 5 alternating rounds on ../shared/data/mnist
-    .venv/bin/python bench/vs_torch.py --rounds 7 --data-dir ~/mnist --threads 2
+    .venv/bin/python bench/vs_torch.py --rounds 7 --data-dir ~/mnist --threads 1   # both sides single-threaded
 
 Both sides train 784-300(ReLU)-10 with softmax cross-entropy, plain SGD lr 0.1, batch 64, the training set in
 order (no shuffling), float32, He-normal / N(0, sqrt(6/310)) init, zero biases. digitlab runs its real
@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import platform
 import statistics
 import sys
 import time
 from pathlib import Path
-
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "mnist"
@@ -48,6 +47,7 @@ def digitlab_epoch_runner(data_dir):
 
 
 def torch_epoch_runner(data_dir, threads: int):
+    import numpy as np
     import torch
 
     from digitlab.data import load_dataset, normalize
@@ -88,8 +88,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="alternating epochs per side (default: 5)")
     parser.add_argument("--data-dir", type=str, default=str(DEFAULT_DATA), help="MNIST folder")
-    parser.add_argument("--threads", type=int, default=2, help="PyTorch intra-op threads (default: 2)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="BLAS threads for NumPy (OpenBLAS) and PyTorch intra-op threads (default: 2)")
     args = parser.parse_args(argv)
+    os.environ["OPENBLAS_NUM_THREADS"] = str(args.threads)  # before NumPy is imported: the bench's own setting
+    import numpy as np
+
     if not Path(args.data_dir).is_dir():
         print(f"vs_torch: no MNIST at {args.data_dir} (pass --data-dir)", file=sys.stderr)
         return 2
@@ -107,7 +111,7 @@ def main(argv=None) -> int:
     th = statistics.median(r[2] for r in rows)
     print(f"## seed-004 epoch time, digitlab vs PyTorch {torch.__version__} (CPU float32)\n")
     print(f"`{' '.join([Path(sys.executable).name, 'bench/vs_torch.py', *(argv or sys.argv[1:])])}` on "
-          f"{platform.processor() or platform.machine()}, numpy {np.__version__}, torch threads {args.threads}\n")
+          f"{platform.processor() or platform.machine()}, numpy {np.__version__}, {args.threads} thread(s) each\n")
     print("| epoch | digitlab s | PyTorch s | ratio |")
     print("|---|---|---|---|")
     for i, d, t in rows:
