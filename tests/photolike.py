@@ -11,7 +11,8 @@
 
 A photo: the digit in a 300-1200 px picture (every 30th at phone size, 4000 px), thinned or thickened like a
 pen or marker, dark ink on tinted paper, lit unevenly (a gradient in a random direction plus vignetting),
-placed off-centre, rotated a few degrees, with the ink slightly out of focus, noisy, with a few specks of dirt, and saved
+placed off-centre, rotated a few degrees, with the ink slightly out of focus, noisy, with a few specks of dirt, sometimes
+with the dark desk showing along one side, and saved
 as JPEG at quality 40-90. A canvas: thick, anti-aliased brush strokes of a scaled-up digit at 280 x 280,
 white on black (most), black on white, or white on a transparent background (RGBA PNG).
 
@@ -43,6 +44,7 @@ class PhotoStyle:
     jpeg_quality: tuple[int, int] = (40, 90)
     noise_sigma: tuple[float, float] = (2.0, 8.0)
     max_specks: int = 4
+    desk_chance: float = 0.25  # a dark strip of desk along one side
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,8 @@ def photo_like(digit: np.ndarray, rng: np.random.Generator, style: PhotoStyle = 
     if blur > 0.3:
         ink = ink.filter(ImageFilter.GaussianBlur(blur))
     mask = Image.new("L", (w, h), 0)
-    mask.paste(ink, (int(rng.integers(0, w - ink.width + 1)), int(rng.integers(0, h - ink.height + 1))))
+    px, py = int(rng.integers(0, w - ink.width + 1)), int(rng.integers(0, h - ink.height + 1))
+    mask.paste(ink, (px, py))
 
     # paper: tint, a lighting gradient in a random direction and vignetting, made small and scaled up
     gh, gw = 24, 24
@@ -106,6 +109,15 @@ def photo_like(digit: np.ndarray, rng: np.random.Generator, style: PhotoStyle = 
     ink_rgb = rng.uniform([5, 5, 10], [60, 60, 110]).astype(np.float32)  # (3,) ink lit like the paper
     lit_ink = Image.fromarray(np.clip(ink_rgb * light[:, :, None], 0, 255).astype(np.uint8), mode="RGB")
     photo = Image.composite(lit_ink.resize((w, h), Image.Resampling.BILINEAR), paper_img, mask)
+
+    # the desk beside the sheet, on the side with the most room (never over the digit)
+    margins = {"left": px, "top": py, "right": w - px - ink.width, "bottom": h - py - ink.height}
+    side = max(margins, key=margins.get)
+    if rng.random() < style.desk_chance and margins[side] > 0.03 * min(w, h):
+        k = int(margins[side] * rng.uniform(0.3, 0.8))
+        box = {"left": (0, 0, k, h), "top": (0, 0, w, k), "right": (w - k, 0, w, h), "bottom": (0, h - k, w, h)}[side]
+        desk = tuple(int(c) for c in rng.uniform([30, 20, 10], [110, 80, 60]))
+        ImageDraw.Draw(photo).rectangle(box, fill=desk)
 
     # specks of dirt, sensor noise (a tile of Gaussian noise repeated over big pictures), JPEG
     draw = ImageDraw.Draw(photo)

@@ -435,7 +435,9 @@ def _frame_like(mask: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
     """(n,) bool: components that run along the image border (a desk, the paper's edge, a dark corner).
 
     A digit may touch the border with a stroke end (contact about one stroke width); a frame-like region
-    touches it over at least three of its own widths and over a tenth of the image's shorter side.
+    touches it over at least three of its own widths and over a tenth of the image's shorter side, or over
+    a quarter of that side whatever its width, or reaches from one side of the picture to the opposite one
+    (the edge of a desk or of the sheet).
     """
     h, w = mask.shape
     lab = np.where(mask, labels, 0)  # (h, w)
@@ -445,7 +447,10 @@ def _frame_like(mask: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
     width = 2.0 * area / np.maximum(edge, 1.0)  # (n,) mean thickness
     ring = np.concatenate([lab[0], lab[-1], lab[1:-1, 0], lab[1:-1, -1]])
     contact = np.bincount(ring, minlength=n).astype(np.float64)  # (n,) border pixels
-    frame = (contact >= 3.0 * width) & (contact >= 0.1 * min(h, w))
+    side = min(h, w)
+    on = [np.bincount(edge_pixels, minlength=n) > 0 for edge_pixels in (lab[0], lab[-1], lab[:, 0], lab[:, -1])]
+    spans = (on[0] & on[1]) | (on[2] & on[3])  # from one side of the picture to the opposite one
+    frame = ((contact >= 3.0 * width) & (contact >= 0.1 * side)) | (contact >= 0.25 * side) | spans
     frame[0] = False
     return frame
 
