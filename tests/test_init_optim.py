@@ -199,3 +199,11 @@ def test_warmup_composes_with_any_schedule():
     assert make_schedule("step_decay", 1.0, 100, every=10)(10) == pytest.approx(0.1)
     with pytest.raises(ConfigError, match="linear"):
         make_schedule("linear", 1.0, 100)
+
+
+def test_adam_with_zero_learning_rate_keeps_parameters_but_counts_the_step():
+    opt = Adam()
+    p = run(opt, [[0.5, -1.0]], lr=0.0)
+    np.testing.assert_array_equal(p, [1.0, -2.0])
+    assert opt.t == 1
+    np.testing.assert_allclose(opt.state_dict()["m_sum.0"], [0.5, -1.0])

@@ -7,6 +7,7 @@
         ...                                      # forward, loss, backward
         opt.step(net.parameters(), net.grads(), schedule(step))   # updates the parameters in place
     state = opt.state_dict()                     # {"name": "sgd", "t": 9380, ..., "velocity.0": array, ...}
+                                                 # (Adam: "m_sum.0", "v_sum.0", ...)
     opt.load_state_dict(state)                   # resume bit-identically
 
 Conventions (PyTorch's, so recipes carry over):
@@ -16,6 +17,7 @@ Conventions (PyTorch's, so recipes carry over):
   Nesterov:           v <- mu * v + g;   p <- p - lr * (g + mu * v)
   Adam:               m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2;  t <- t + 1
                       p <- p - lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)
+                      (stored as m_sum = m/(1-b1), v_sum = v/(1-b2): fewer passes over the arrays)
 `step` leaves `grads` unchanged (it works in its own scratch arrays) and allocates nothing after the first
 call. `state_dict()` is a flat dict of scalars and arrays (safetensors-friendly).
 """
@@ -124,11 +126,16 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (Kingma & Ba) with bias correction and optional L2 weight decay (coupled, added to the gradient)."""
+    """Adam (Kingma & Ba) with bias correction and optional L2 weight decay (coupled, added to the gradient).
+
+    Same update as the textbook, arranged to touch each big array as few times as possible (10 passes
+    instead of 13): it keeps m_sum = m / (1-b1) and v_sum = v / (1-b2), which need no (1-b) multiply,
+    and folds lr and both bias corrections into one scalar applied before the square root.
+    """
 
     name = "adam"
     hyper = ("beta1", "beta2", "eps", "weight_decay")
-    slots = ("m", "v")
+    slots = ("m_sum", "v_sum")
 
     def __init__(self, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0):
         super().__init__()
@@ -138,21 +145,19 @@ class Adam(Optimizer):
 
     def _update(self, i, p, g, lr):
         xp = array_module(p)
-        m, v, s = self.state["m"][i], self.state["v"][i], self._scratch[i]
-        m *= self.beta1
-        xp.multiply(g, 1.0 - self.beta1, out=s)
-        m += s                                               # m <- b1 m + (1-b1) g
-        v *= self.beta2
+        u, w, s = self.state["m_sum"][i], self.state["v_sum"][i], self._scratch[i]
+        u *= self.beta1
+        u += g                                               # u = m / (1-b1):  m <- b1 m + (1-b1) g
         xp.multiply(g, g, out=s)
-        s *= 1.0 - self.beta2
-        v += s                                               # v <- b2 v + (1-b2) g^2
-        c1 = 1.0 - self.beta1 ** self.t
-        c2 = 1.0 - self.beta2 ** self.t
-        xp.divide(v, c2, out=s)
+        w *= self.beta2
+        w += s                                               # w = v / (1-b2):  v <- b2 v + (1-b2) g^2
+        if lr == 0.0:
+            return
+        k = lr * (1.0 - self.beta1) / (1.0 - self.beta1 ** self.t)          # lr * m_hat = k * u
+        xp.multiply(w, (1.0 - self.beta2) / (1.0 - self.beta2 ** self.t) / (k * k), out=s)   # v_hat / k^2
         xp.sqrt(s, out=s)
-        s += self.eps                                        # sqrt(v_hat) + eps
-        xp.divide(m, s, out=s)
-        s *= lr / c1                                         # lr * m_hat / (sqrt(v_hat) + eps)
+        s += self.eps / k                                    # (sqrt(v_hat) + eps) / k
+        xp.divide(u, s, out=s)                               # lr * m_hat / (sqrt(v_hat) + eps)
         p -= s
 
 
