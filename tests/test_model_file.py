@@ -143,7 +143,7 @@ def test_unusable_inputs_are_data_errors(model, bad):
 
 def test_classifier_rejects_inconsistent_construction():
     net = build_linear(784, 10)
-    with pytest.raises(ConfigError, match="class names"):
+    with pytest.raises(ConfigError, match="class_names"):
         Classifier(net, "softmax_ce", class_names=["a", "b"])
     with pytest.raises(ConfigError, match="normalization"):
         Classifier(net, "softmax_ce", normalization="zscore")
@@ -248,3 +248,14 @@ def test_weights_of_the_wrong_dtype(saved):
 def test_weights_for_layers_that_do_not_exist(saved):
     bad = rewrite(saved, tensors=lambda t: {**t, "5.W": np.zeros((2, 2), np.float32)})
     assert_model_error(bad, "5.W")
+
+
+def test_header_promising_huge_layers_fails_before_allocating(saved):
+    huge = [{"type": "Linear", "in": 10 ** 7, "out": 10 ** 6, "bias": True}]
+    assert_model_error(rewrite(saved, header=lambda h: {**h, "architecture": huge}), "0.W", "(10000000, 1000000)")
+
+
+@pytest.mark.parametrize("key,value", [("class_names", "0123456789"), ("class_names", ["a", "b"]),
+                                       ("input_shape", 784), ("input_shape", [27, 27]), ("dtype", "float16")])
+def test_inconsistent_header_fields(saved, key, value):
+    assert_model_error(rewrite(saved, header=lambda h: {**h, key: value}), key if key != "dtype" else "float16")

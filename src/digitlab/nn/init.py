@@ -95,4 +95,6 @@ def initialize(spec, shape, rng: np.random.Generator | None, dtype=np.float32) -
         raise ConfigError(f"initializer {name!r} needs an explicit numpy.random.Generator (got {rng!r})")
     if len(shape) != 2:
         raise ConfigError(f"initializer {name!r}: expected a 2-D (fan_in, fan_out) shape, got {shape}")
+    if name == "zeros":
+        return np.zeros(shape, dtype=dtype)
     return np.ascontiguousarray(INITIALIZERS[name](tuple(shape), rng, **kwargs), dtype=dtype)

@@ -45,6 +45,15 @@ def _default_input_shape(input_dim: int) -> list[int]:
     return [side, side] if side * side == input_dim else [input_dim]
 
 
+def _input_shape(shape, input_dim: int) -> list[int]:
+    if shape is None:
+        return _default_input_shape(input_dim)
+    ok = isinstance(shape, (list, tuple)) and all(isinstance(d, int) and d > 0 for d in shape)
+    if not ok or math.prod(shape) != input_dim:
+        raise ConfigError(f"input_shape {shape!r} does not describe {input_dim} input values")
+    return list(shape)
+
+
 class Classifier:
     """A trained (or freshly built) network with everything needed to turn images into class scores."""
 
@@ -56,10 +65,12 @@ class Classifier:
             raise ConfigError(f"unknown normalization {normalization!r}; choose one of {', '.join(NORMALIZATIONS)}")
         self.normalization = normalization
         n_out = net.output_dim
+        if class_names is not None and (isinstance(class_names, (str, bytes)) or not hasattr(class_names, "__len__")):
+            raise ConfigError(f"class_names must be a list of names, got {class_names!r}")
         self.class_names = [str(c) for c in (class_names if class_names is not None else range(n_out or 0))]
         if n_out is not None and len(self.class_names) != n_out:
-            raise ConfigError(f"{len(self.class_names)} class names for a network with {n_out} outputs")
-        self.input_shape = list(input_shape) if input_shape else _default_input_shape(net.input_dim or 0)
+            raise ConfigError(f"{len(self.class_names)} class_names for a network with {n_out} outputs")
+        self.input_shape = _input_shape(input_shape, net.input_dim or 0)
         self.metadata = dict(metadata or {})
 
     @property
@@ -190,6 +201,21 @@ def _parse_header(path: Path, meta: dict) -> dict:
     return head
 
 
+def _check_linear_shapes(spec, tensors: dict) -> None:
+    """Each Linear entry's (in, out) must match the stored "{i}.W" (ValueError otherwise)."""
+    if not isinstance(spec, list):
+        return                                       # from_spec reports it
+    for i, entry in enumerate(spec):
+        if isinstance(entry, dict) and entry.get("type") == "Linear":
+            stored = tensors.get(f"{i}.W")
+            if stored is None:
+                raise ValueError(f"weights '{i}.W' are missing")
+            expected = (entry.get("in"), entry.get("out"))
+            if tuple(stored.shape) != expected:
+                raise ValueError(f"weights '{i}.W' have shape {tuple(stored.shape)}, but the architecture says "
+                                 f"{expected}")
+
+
 def read_model_file(path) -> tuple[Classifier, dict, dict]:
     """(model, header, extra tensors) from a digitlab safetensors file; ModelFileError naming the file."""
     path = Path(path)
@@ -205,11 +231,12 @@ def read_model_file(path) -> tuple[Classifier, dict, dict]:
         dtype = np.dtype(head.get("dtype", "float32"))
         if dtype not in (np.float32, np.float64):
             raise ConfigError(f"unsupported dtype {dtype}")
+        _check_linear_shapes(head["architecture"], tensors)   # before allocating anything the header asks for
         net = Sequential.from_spec(head["architecture"], dtype=dtype)
         net.load_state_dict(tensors)
         model = Classifier(net, head["loss"], head["normalization"], head.get("class_names"),
                            metadata=head, input_shape=head.get("input_shape"))
-    except (ConfigError, ValueError, TypeError) as exc:
+    except (ConfigError, ValueError, TypeError, MemoryError) as exc:
         raise ModelFileError(f"cannot load model {path}: {exc}") from None
     names = set(net.param_names())
     stray = sorted(k for k in tensors if k not in names and k.split(".")[0].isdigit())
