@@ -26,7 +26,7 @@ from digitlab.recipes import load_recipe
 
 # A small but real recipe: shuffled mini-batches, dropout (the noise RNG), Adam state, cosine schedule.
 TINY = {"dataset": "mnist-sample", "hidden": (32,), "epochs": 2, "batch_size": 200, "order": "shuffle",
-        "optimizer": "adam", "lr": 0.003, "schedule": "cosine", "dropout": 0.1, "seed": 7}
+        "optimizer": "adam", "lr": 0.003, "schedule": "cosine", "dropout": 0.1, "seed": 7, "normalization": "unit"}
 
 
 def _weights(model) -> dict:

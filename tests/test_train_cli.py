@@ -8,7 +8,7 @@ import pytest
 
 from digitlab.cli import main
 
-SMALL = ["--dataset", "mnist-sample", "--epochs", "1", "--hidden", "16", "--quiet"]
+SMALL = ["--dataset", "mnist-sample", "--epochs", "1", "--hidden", "16", "--batch-size", "64", "--quiet"]
 
 
 def run_json(capsys, *argv):

@@ -30,10 +30,17 @@ from pathlib import Path
 
 import numpy as np
 
-from digitlab.data.dataset import Split, batches, load_dataset, normalize, sklearn_train_test_split_indices, \
-    train_val_split
+from digitlab.data.dataset import (
+    Split,
+    batches,
+    load_dataset,
+    normalize,
+    sklearn_train_test_split_indices,
+    train_val_split,
+)
 from digitlab.errors import ConfigError, TrainingError
 from digitlab.fsutil import atomic_write_text
+from digitlab.nn.layers import Dropout
 from digitlab.nn.model import Classifier, build_mlp, read_model_file
 from digitlab.nn.optim import SGD, Adam, make_schedule
 from digitlab.recipes import Recipe, load_recipe, make_recipe, recipe_names
@@ -43,6 +50,7 @@ HISTORY_COLUMNS = ("epoch", "step", "lr", "train_loss", "train_accuracy", "val_l
 CHECKPOINT = "checkpoint.safetensors"
 MODEL = "model.safetensors"
 EVAL_BATCH = 10_000
+SMALL_STEP_MACS = 4_000_000  # below this many multiply-adds per forward pass, train on one BLAS thread
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -95,7 +103,7 @@ def build_model(recipe: Recipe, n_classes: int, class_names, rngs: dict) -> Clas
     net = build_mlp(784, recipe.hidden, n_classes, activation=recipe.activation, init=inits, bias=recipe.bias,
                     dropout=recipe.dropout, rng=rngs["init"], dtype=np.dtype(recipe.dtype))
     for layer in net.layers:
-        if hasattr(layer, "hold_mask"):  # Dropout draws from its own stream, saved in checkpoints
+        if isinstance(layer, Dropout):  # dropout draws from its own stream, saved in checkpoints
             layer.rng = rngs["noise"]
     return Classifier(net, recipe.loss, recipe.normalization, class_names)
 
@@ -180,7 +188,7 @@ def fit(model: Classifier, optimizer, data: RunData, recipe: Recipe, state: Trai
     full_x = normalize(data.train.images, recipe.normalization, recipe.dtype) if plan.per_epoch == 1 else None
     bar = tqdm(total=plan.total, initial=state.step, unit="step", leave=False, desc=recipe.name,
                disable=quiet or not sys.stderr.isatty())
-    with _sigint_deferred() as ctrl_c, np.errstate(over="ignore", invalid="ignore"), bar:
+    with _sigint_deferred() as ctrl_c, np.errstate(over="ignore", invalid="ignore"), bar, _blas_threads(recipe, plan):
         try:
             while state.epoch < plan.epochs:
                 if state.batch == 0:
@@ -214,6 +222,16 @@ def fit(model: Classifier, optimizer, data: RunData, recipe: Recipe, state: Trai
         except KeyboardInterrupt:
             raise _interrupted(model, optimizer, state, rngs, run_dir, hard=ctrl_c["hard"]) from None
     return state
+
+
+def _blas_threads(recipe: Recipe, plan: Plan):
+    """Limit BLAS threads for the run: recipe.threads, or 1 when each step's matrix products are tiny."""
+    from threadpoolctl import threadpool_limits
+
+    widths = [784, *recipe.hidden, 10]
+    macs = plan.batch_size * sum(a * b for a, b in zip(widths[:-1], widths[1:]))  # per forward pass
+    threads = recipe.threads or (1 if macs < SMALL_STEP_MACS else None)
+    return threadpool_limits(threads, user_api="blas") if threads else contextlib.nullcontext()
 
 
 def _schedule(recipe: Recipe, plan: Plan):

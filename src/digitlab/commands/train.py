@@ -75,6 +75,7 @@ TRAIN_OVERRIDES = {
     "seed": (int, "the one seed for init, splits, order and dropout"),
     "dataset": (str, "data set name: mnist, fashion-mnist, mnist-sample"),
     "dtype": (str, "float32 or float64"),
+    "threads": (int, "BLAS threads while training (0 = automatic)"),
 }
 
 
@@ -169,10 +170,14 @@ def _register_reproduce(sub) -> None:
 
 
 def cmd_reproduce(args) -> int:
-    from digitlab.train import reproduce
+    from digitlab.train import TrainingInterrupted, reproduce
 
-    rows = reproduce(args.recipes or None, out_dir=args.out, data_dir=args.data_dir, quiet=args.quiet or args.json,
-                     report=args.report)
+    try:
+        rows = reproduce(args.recipes or None, out_dir=args.out, data_dir=args.data_dir,
+                         quiet=args.quiet or args.json, report=args.report)
+    except TrainingInterrupted as exc:
+        print(f"digitlab: {exc}", file=sys.stderr)
+        return 130
     emit(args, rows, _reproduce_table(rows))
     return 0 if all(r["ok"] for r in rows) else 1
 

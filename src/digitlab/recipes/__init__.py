@@ -53,8 +53,8 @@ class Recipe:
     system: str = ""  # what the original system was, for the `reproduce` table
     # --- data ---
     dataset: str = "mnist"  # a name digitlab.data knows: mnist, fashion-mnist, mnist-sample
-    split: str = "standard"  # "standard": the data set's train/test files; "pooled-sklearn": pool train+test,
-    #                          then split like sklearn train_test_split(test_size=test_fraction, random_state=split_seed)
+    split: str = "standard"  # "standard": the data set's train/test files; "pooled-sklearn": pool train+test, then
+    #                          split like sklearn train_test_split(test_size=test_fraction, random_state=split_seed)
     test_fraction: float = 0.2  # only for split = "pooled-sklearn"
     split_seed: int = 42  # only for split = "pooled-sklearn"
     val_size: int = 0  # hold out this many training images (random, from `seed`) for validation; 0 = none
@@ -81,6 +81,8 @@ class Recipe:
     order: str = "shuffle"  # shuffle (new permutation each epoch) | sequential | replacement (sampled)
     seed: int = 0  # one seed for init, validation split, order and dropout
     checkpoint_every: int = 1  # write checkpoint.safetensors every this many epochs (and at the end)
+    threads: int = 0  # BLAS threads while training; 0 = automatic: 1 when each step's products are tiny
+    #                   (< 4M multiply-adds: threads cannot pay there and thrash on a busy machine), else BLAS's own
     # --- what the notebook reported ---
     reported_metric: str = "test_accuracy"
     reported: float | None = None  # 0..1, None when the notebook gave no final figure
@@ -90,6 +92,7 @@ class Recipe:
 
 FIELDS = {f.name: f for f in dataclasses.fields(Recipe)}
 TUPLE_FIELDS = {"hidden": int, "init": str}
+REPORTED_KEYS = {"metric": "reported_metric", "value": "reported", "note": "reported_note", "target": "target"}
 #: fields a user may override (everything but the bookkeeping)
 OVERRIDABLE = tuple(n for n in FIELDS if n not in ("name", "description", "system"))
 
@@ -149,7 +152,7 @@ def _flatten(raw: dict, label: str) -> dict:
     if not isinstance(reported, dict):
         raise ConfigError(f"recipe {label}: [reported] must be a table")
     for key, value in reported.items():
-        target = {"metric": "reported_metric", "value": "reported", "note": "reported_note", "target": "target"}.get(key)
+        target = REPORTED_KEYS.get(key)
         if target is None:
             raise ConfigError(f"recipe {label}: unknown key reported.{key} (use metric, value, note, target)")
         values[target] = value
@@ -197,6 +200,7 @@ def _validate(r: Recipe, label: str) -> None:
         (r.val_size >= 0, "val_size must be >= 0"),
         (0.0 < r.test_fraction < 1.0, "test_fraction must be between 0 and 1"),
         (r.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
+        (r.threads >= 0, "threads must be >= 0 (0 = automatic)"),
         (r.weight_decay >= 0, "weight_decay must be >= 0"),
         (r.warmup_steps >= 0, "warmup_steps must be >= 0"),
         (len(r.init) >= 1, "init needs at least one initializer"),
