@@ -205,6 +205,7 @@ def _noisy(value, size=(640, 480), sigma=4.0, seed=0):
             .astype(np.uint8))),
         ("blank photo as JPEG", lambda: load_image(encode(Image.fromarray(_noisy(200, sigma=6)), "JPEG", quality=50))),
         ("one speck", lambda: _speck()),
+        ("blank sheet on a desk", lambda: _blank_on_desk()),
         ("1x1 pixel", lambda: Image.new("L", (1, 1), 0)),
     ],
 )
@@ -212,6 +213,14 @@ def test_empty_input_is_no_digit(name, make):
     x, found = to_mnist(load_image(make()))
     assert not found, name
     assert x.shape == (28, 28) and x.dtype == np.uint8 and x.max() == 0
+
+
+def _blank_on_desk():
+    img = Image.new("RGB", (1000, 800), (215, 210, 200))
+    d = ImageDraw.Draw(img)
+    d.rectangle((0, 0, 1000, 120), fill=(70, 50, 35))
+    d.rectangle((880, 0, 1000, 800), fill=(70, 50, 35))
+    return img
 
 
 def _speck():

@@ -249,8 +249,6 @@ def to_mnist(img, config: PreprocessConfig = DEFAULT_CONFIG) -> tuple[np.ndarray
 
     When no digit is found (blank, flat or near-empty input) the array is all zeros and `found` is False.
     """
-    from PIL import Image
-
     if isinstance(img, np.ndarray):
         img = _array_to_image(img, "<array>")
     grey = _normalise_mode(img, "<image>").convert("L")
@@ -272,11 +270,13 @@ def to_mnist(img, config: PreprocessConfig = DEFAULT_CONFIG) -> tuple[np.ndarray
     if keep is None:
         return empty, False
     ys, xs = np.nonzero(mask & keep)
+    if ys.size == 0:
+        return empty, False
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
     if max(y1 - y0, x1 - x0) < max(2, config.min_extent * max(g.shape)):
         return empty, False
 
-    work, region_mask = _work_crop(grey, background, sign, scale, (y0, y1, x0, x1), keep, config)
+    work = _work_crop(grey, background, sign, scale, (y0, y1, x0, x1), keep, config)
     if work is None:
         return empty, False
     work = _normalise_strokes(work, config)
@@ -424,15 +424,19 @@ def _main_components(mask: np.ndarray, ink: np.ndarray, share: float) -> np.ndar
     mass[0] = 0.0
     if mass.sum() <= 0:
         return None
-    frame = _frame_like(mask, full, n)
+    frame, slab = _frame_like(mask, full, n)
     if (mass[~frame] > 0).any():  # a table edge or shadow along the border is not the digit
         mass[frame] = 0.0
+    elif (mass[~slab] <= 0).all():  # only thick desk / sheet edges in the picture: a blank sheet, no digit
+        return None
     kept = np.flatnonzero(mass >= share * mass.sum())
     return np.isin(full, kept)
 
 
-def _frame_like(mask: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
-    """(n,) bool: components that run along the image border (a desk, the paper's edge, a dark corner).
+def _frame_like(mask: np.ndarray, labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(frame, slab), (n,) bool each: components that run along the image border (a desk, the paper's
+    edge, a dark corner), and those among them that hug it over a quarter of the shorter side while being
+    thicker than any pen stroke (8 % of that side): a desk, never a digit.
 
     A digit may touch the border with a stroke end (contact about one stroke width); a frame-like region
     touches it over at least three of its own widths and over a tenth of the image's shorter side, or over
@@ -450,9 +454,11 @@ def _frame_like(mask: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
     side = min(h, w)
     on = [np.bincount(edge_pixels, minlength=n) > 0 for edge_pixels in (lab[0], lab[-1], lab[:, 0], lab[:, -1])]
     spans = (on[0] & on[1]) | (on[2] & on[3])  # from one side of the picture to the opposite one
-    frame = ((contact >= 3.0 * width) & (contact >= 0.1 * side)) | (contact >= 0.25 * side) | spans
-    frame[0] = False
-    return frame
+    wall = contact >= 0.25 * side
+    frame = ((contact >= 3.0 * width) & (contact >= 0.1 * side)) | wall | spans
+    slab = wall & (width >= 0.08 * side)
+    frame[0] = slab[0] = False
+    return frame, slab
 
 
 def _work_crop(grey, background: _Background, sign: float, scale: float, box, keep, config):
@@ -495,10 +501,10 @@ def _work_crop(grey, background: _Background, sign: float, scale: float, box, ke
     ink = np.where(region, np.maximum(residual - level - 2.5 * noise, 0.0), 0.0)  # (hw, ww)
     strong = ink[ink > 0.3 * ink.max()] if ink.max() > 0 else ink[:0]
     if strong.size == 0:
-        return None, region
+        return None
     contrast = float(np.percentile(strong, 75))
     lo, hi = config.edge_ramp  # a steep ramp at ~5x the final resolution: crisp edges, still grey after resampling
-    return np.clip((ink / contrast - lo) / (hi - lo), 0.0, 1.0).astype(np.float32), region
+    return np.clip((ink / contrast - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
 def _disc(radius: int):
