@@ -97,17 +97,25 @@ def _log_sigmoid(z):
 
 
 def sigmoid_bce(scores, labels, out=None):
-    """One-vs-rest: mean over the batch of sum over classes of BCE(sigmoid(z), Y); gradient (sigmoid(z) - Y)/N."""
-    from digitlab.nn.layers import stable_sigmoid
+    """One-vs-rest: mean over the batch of sum over classes of BCE(sigmoid(z), Y); gradient (sigmoid(z) - Y)/N.
 
+    Per entry BCE = softplus(z) - y z with softplus(z) = max(z, 0) + log1p(exp(-|z|)); the same exp(-|z|)
+    gives the stable sigmoid, so the loss costs a few extra passes over the scores, not a second sigmoid.
+    """
     _check(scores, labels)
     xp = array_module(scores)
     n = scores.shape[0]
     rows = xp.arange(n)
-    z64 = scores.astype(xp.float64)
-    # BCE = softplus(z) - y*z = -log_sigmoid(z) + z - y*z, summed over classes
-    loss = float((z64 - _log_sigmoid(z64)).sum() - z64[rows, labels].sum()) / n
-    g = stable_sigmoid(scores, out=out)                                    # (N, C)
+    correct = float(scores[rows, labels].sum(dtype=xp.float64))          # sum of z_y
+    e = xp.abs(scores)                                                     # (N, C) |z|
+    xp.negative(e, out=e)
+    xp.exp(e, out=e)                                                       # exp(-|z|) in (0, 1], no overflow
+    softplus = xp.log1p(e)                                                 # (N, C)
+    softplus += xp.maximum(scores, 0)                                      # softplus(z)
+    loss = (float(softplus.sum(dtype=xp.float64)) - correct) / n
+    num = xp.where(scores >= 0, 1.0, e).astype(scores.dtype, copy=False)   # read scores before out= overwrites
+    e += 1.0
+    g = xp.divide(num, e, out=out)                                         # (N, C) sigmoid(z)
     g[rows, labels] -= 1.0                                                 # (N, C) sigmoid(z) - Y
     g *= 1.0 / n
     return loss, g
