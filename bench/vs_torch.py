@@ -5,7 +5,8 @@
     .venv/bin/python bench/vs_torch.py --rounds 7 --data-dir ~/mnist --threads 1   # both sides single-threaded
 
 Both sides train 784-300(ReLU)-10 with softmax cross-entropy, plain SGD lr 0.1, batch 64, the training set in
-order (no shuffling), float32, He-normal / N(0, sqrt(6/310)) init, zero biases. digitlab runs its real
+order (no shuffling), float32, He-normal / N(0, sqrt(6/310)) init, zero biases, the same number of BLAS /
+intra-op threads (--threads; digitlab's own automatic choice for this recipe would be one thread). digitlab runs its real
 training loop (`digitlab.train.fit`, which turns uint8 pixels into floats batch by batch); PyTorch gets the
 whole training set as one float32 tensor up front and slices it (its fastest path). The two alternate, one
 epoch at a time, and the table reports each epoch's training time and the median ratio. Target: <= 0.6x.
@@ -26,12 +27,12 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "mnist"
 
 
-def digitlab_epoch_runner(data_dir):
+def digitlab_epoch_runner(data_dir, threads: int):
     """A function that trains one more seed-004 epoch with digitlab's fit() and returns its seconds."""
     from digitlab.recipes import load_recipe
     from digitlab.train import TrainState, _rngs, build_model, build_optimizer, evaluate, fit, prepare_data
 
-    recipe = dataclasses.replace(load_recipe("seed-004-mlp-relu"), epochs=1)
+    recipe = dataclasses.replace(load_recipe("seed-004-mlp-relu"), epochs=1, threads=threads)
     data = prepare_data(recipe, data_dir)
     data = dataclasses.replace(data, test=None)  # time training only
     rngs = _rngs(recipe.seed)
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
     except ModuleNotFoundError:
         print("vs_torch: PyTorch is not installed; run: .venv/bin/pip install -e '.[bench]'", file=sys.stderr)
         return 2
-    dl_run, dl_acc = digitlab_epoch_runner(args.data_dir)
+    dl_run, dl_acc = digitlab_epoch_runner(args.data_dir, args.threads)
     th_run, th_acc = torch_epoch_runner(args.data_dir, args.threads)
     rows = []
     for i in range(args.rounds):

@@ -50,7 +50,7 @@ HISTORY_COLUMNS = ("epoch", "step", "lr", "train_loss", "train_accuracy", "val_l
 CHECKPOINT = "checkpoint.safetensors"
 MODEL = "model.safetensors"
 EVAL_BATCH = 10_000
-SMALL_STEP_MACS = 4_000_000  # below this many multiply-adds per forward pass, train on one BLAS thread
+SMALL_STEP_MACS = 32_000_000  # below this many multiply-adds per forward pass, train on one BLAS thread
 
 
 class TrainingInterrupted(KeyboardInterrupt):

@@ -81,8 +81,8 @@ class Recipe:
     order: str = "shuffle"  # shuffle (new permutation each epoch) | sequential | replacement (sampled)
     seed: int = 0  # one seed for init, validation split, order and dropout
     checkpoint_every: int = 1  # write checkpoint.safetensors every this many epochs (and at the end)
-    threads: int = 0  # BLAS threads while training; 0 = automatic: 1 when each step's products are tiny
-    #                   (< 4M multiply-adds: threads cannot pay there and thrash on a busy machine), else BLAS's own
+    threads: int = 0  # BLAS threads while training; 0 = automatic: 1 when each step's products are small
+    #                   (< 32M multiply-adds: threads gain little there and thrash on a busy machine), else BLAS's own
     # --- what the notebook reported ---
     reported_metric: str = "test_accuracy"
     reported: float | None = None  # 0..1, None when the notebook gave no final figure
