@@ -75,9 +75,10 @@ def test_reproduce_json_rows(tmp_path, capsys):
     assert {"recipe", "metric", "reported", "ours", "seconds"} <= set(row)
     assert row["recipe"] == "tiny" and row["metric"] == "test_accuracy" and row["reported"] == 0.5
     assert row["ours"] > 0.6 and row["ok"] is True
-    assert main(["reproduce", str(recipe), "--out", str(tmp_path / "rep2"), "--quiet"]) == 0
+    recipe.write_text(recipe.read_text().replace("target = 0.6", "target = 0.999"))
+    assert main(["reproduce", str(recipe), "--out", str(tmp_path / "rep2"), "--quiet", "--strict"]) == 1
     table = capsys.readouterr().out
-    assert "| tiny | softmax regression | 50.00 % test |" in table
+    assert "| tiny | softmax regression | 50.00 % test |" in table and "≥ 99.90 % MISSED" in table
 
 
 @pytest.mark.parametrize("recipe", ["seed-002-mlp-sigmoid-mse", "seed-003-ovr-logistic", "mlp"])
