@@ -57,6 +57,11 @@ def test_gradcheck_detects_a_wrong_backward():
     assert check_layer(BrokenTanh(), away_from_zero(rng, (4, 3)), rng) > 1e-2
 
 
+def test_gradcheck_refuses_float32_layers():
+    with pytest.raises(ValueError, match="float64"):
+        check_layer(Linear(3, 2, rng=np.random.default_rng(0)), np.ones((2, 3)))
+
+
 @pytest.mark.parametrize("activation", ["relu", "leaky_relu", "sigmoid", "tanh"])
 @pytest.mark.parametrize("loss", ["softmax_ce", "softmax_mse", "sigmoid_bce"])
 def test_whole_network_gradients(activation, loss):

@@ -65,6 +65,8 @@ def _hold_masks(layers):
 def check_layer(layer, x, rng=None, eps: float = 1e-6, max_entries: int | None = None) -> float:
     """Max relative error of d(sum(forward(x) * G))/d(x and every parameter), G random. Use float64 layers."""
     rng = rng if rng is not None else np.random.default_rng(0)
+    if any(p.dtype != np.float64 for p in layer.parameters()):
+        raise ValueError("check_layer needs a float64 layer (build it with dtype=np.float64)")
     x = np.array(x, dtype=np.float64)
     _hold_masks([layer])
     y = layer.forward(x, train=True)
