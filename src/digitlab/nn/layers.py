@@ -19,9 +19,11 @@ does not need `zero_grad()` (it exists to clear gradients explicitly, e.g. befor
 Speed notes (the seed-004 epoch is dominated by three matrix products per step):
   * train-mode outputs and input-gradients live in per-layer buffers reused while the batch shape stays the
     same — an array returned by `forward(..., train=True)` is valid until the next train-mode forward;
-  * `Sequential.backward` skips the input gradient of the first layer (nobody needs d loss / d pixels), and
-    activations work in place on buffers the network owns;
-  * bias gradients are `dy.sum(0)` written into `db`.
+  * `Sequential.backward` skips the input gradient of the first layer (nobody needs d loss / d pixels);
+  * ReLU works in place on the preceding Linear's output buffer (forward) and on the following Linear's
+    input-gradient buffer (backward), as x * (x > 0) with the mask kept for backward — never on arrays the
+    caller passed in;
+  * bias gradients are the column sums of dy, computed as ones @ dy (a BLAS product) into `db`.
 """
 
 from __future__ import annotations
