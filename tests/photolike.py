@@ -12,7 +12,7 @@
 A photo: the digit in a 300-1200 px picture (every 30th at phone size, 4000 px), thinned or thickened like a
 pen or marker, dark ink on tinted paper, lit unevenly (a gradient in a random direction plus vignetting),
 placed off-centre, rotated a few degrees, with the ink slightly out of focus, noisy, with a few specks of dirt, sometimes
-with the dark desk showing along one side, and saved
+with the dark desk showing along one side (at most 30 % of the picture), and saved
 as JPEG at quality 40-90. A canvas: thick, anti-aliased brush strokes of a scaled-up digit at 280 x 280,
 white on black (most), black on white, or white on a transparent background (RGBA PNG).
 
@@ -114,7 +114,7 @@ def photo_like(digit: np.ndarray, rng: np.random.Generator, style: PhotoStyle = 
     margins = {"left": px, "top": py, "right": w - px - ink.width, "bottom": h - py - ink.height}
     side = max(margins, key=margins.get)
     if rng.random() < style.desk_chance and margins[side] > 0.03 * min(w, h):
-        k = int(margins[side] * rng.uniform(0.3, 0.8))
+        k = int(min(margins[side] * rng.uniform(0.3, 0.8), 0.3 * (w if side in ("left", "right") else h)))
         box = {"left": (0, 0, k, h), "top": (0, 0, w, k), "right": (w - k, 0, w, h), "bottom": (0, h - k, w, h)}[side]
         desk = tuple(int(c) for c in rng.uniform([30, 20, 10], [110, 80, 60]))
         ImageDraw.Draw(photo).rectangle(box, fill=desk)

@@ -55,6 +55,7 @@ class PreprocessConfig:
     center: float = MNIST_CENTER  # output centre of mass, pixel index
     min_contrast: float = 24.0  # grey levels: fainter ink than this is "no digit"
     min_snr: float = 6.0  # ink must stand this many noise sigmas above the background
+    sure_polarity: float = 3.0  # |log(bright tail / dark tail)| below this: polarity from local contrast instead
     min_extent: float = 0.02  # ink box smaller than this fraction of the image's longer side is "no digit"
     speck_share: float = 0.05  # ink components with less than this share of the ink are dropped
     edge_ramp: tuple[float, float] = (0.25, 0.65)  # ink (share of stroke contrast) mapped onto 0..1
@@ -258,6 +259,11 @@ def to_mnist(img, config: PreprocessConfig = DEFAULT_CONFIG) -> tuple[np.ndarray
     g = np.asarray(coarse, dtype=np.float32)  # (h, w)
     background = _Background.fit(g)
     residual = g - background.at_grid(g.shape)  # (h, w)
+    if abs(_tail_balance(residual, max(background.sigma, 1.0))) < config.sure_polarity:
+        local = _local_polarity(coarse)  # the fit is unsure (a desk in the border ring, say): ask the strokes
+        if local != background.sign:
+            background = _Background.fit(g, sign=local)
+            residual = g - background.at_grid(g.shape)
     sigma = max(background.sigma, 1.0)
     sign = background.sign
     ink = np.maximum(sign * residual, 0.0)  # (h, w), bright ink on 0
@@ -311,10 +317,11 @@ class _Background:
         return np.stack([np.ones_like(u), u, v, u * u, u * v, v * v], axis=-1)  # (..., 6)
 
     @classmethod
-    def fit(cls, g: np.ndarray, rounds: int = 6) -> "_Background":
+    def fit(cls, g: np.ndarray, rounds: int = 6, sign: float | None = None) -> "_Background":
         """Start from the image's outer ring (mostly paper), then refit on every pixel that is not ink.
 
-        A tight crop of a fat digit would otherwise let the surface bulge into the digit itself.
+        A tight crop of a fat digit would otherwise let the surface bulge into the digit itself. The ink's
+        polarity comes from the first residual unless `sign` is given.
         """
         h, w = g.shape
         step = max(1, round(math.sqrt(h * w / 4096)))  # fit on at most ~4k points
@@ -327,7 +334,7 @@ class _Background:
         use = ring if ring.sum() >= 12 else np.ones_like(ring)
         order = 6 if use.sum() > 24 else 1
         coef = np.zeros(6)
-        sigma, sign = 0.0, 1.0
+        sigma, given = 0.0, sign
         for i in range(rounds):
             coef[:] = 0.0
             au = a[use, :order]  # (m, order)
@@ -336,7 +343,7 @@ class _Background:
             sigma = 1.4826 * float(np.median(np.abs(r[use] - np.median(r[use]))))
             cut = max(2.5 * sigma, 1.0)
             if i == 0:
-                sign = _polarity(r, max(sigma, 1.0))
+                sign = given if given is not None else _polarity(r, max(sigma, 1.0))
             new = (sign * r <= cut) & (sign * r >= -2.0 * cut)  # ink side strict, other side lenient
             if new.sum() < 12 or (new == use).all():
                 break
@@ -354,11 +361,27 @@ class _Background:
         return self.at(((np.arange(w) + 0.5) / w * 2 - 1)[None, :], ((np.arange(h) + 0.5) / h * 2 - 1)[:, None])
 
 
+def _tail_balance(residual: np.ndarray, sigma: float) -> float:
+    """log(bright tail / dark tail) of a residual beyond 3 sigma: > 0 when the ink is brighter than the paper."""
+    bright = float(np.maximum(residual - 3.0 * sigma, 0.0).sum())
+    dark = float(np.maximum(-residual - 3.0 * sigma, 0.0).sum())
+    return math.log((bright + 1.0) / (dark + 1.0))
+
+
 def _polarity(residual: np.ndarray, sigma: float) -> float:
     """+1 when the ink is brighter than the background, -1 when darker (the heavier tail of the residual)."""
-    bright = np.maximum(residual - 3.0 * sigma, 0.0).sum()
-    dark = np.maximum(-residual - 3.0 * sigma, 0.0).sum()
-    return -1.0 if dark > bright else 1.0
+    return 1.0 if _tail_balance(residual, sigma) >= 0 else -1.0
+
+
+def _local_polarity(coarse) -> float:
+    """Polarity from the image minus its own box blur (1/16 of the longer side): strokes stick out on their
+    side, while a desk edge or a lighting step leaves equal tails on both; used when the surface fit is unsure."""
+    from PIL import ImageFilter
+
+    g = np.asarray(coarse, dtype=np.float32)  # (h, w)
+    blurred = np.asarray(coarse.filter(ImageFilter.BoxBlur(max(2, round(max(g.shape) / 16)))), dtype=np.float32)
+    d = g - blurred  # (h, w)
+    return _polarity(d, 1.4826 * float(np.median(np.abs(d - np.median(d)))) + 1.0)
 
 
 def _shift_max(a: np.ndarray, offsets) -> np.ndarray:
