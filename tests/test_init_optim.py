@@ -207,3 +207,8 @@ def test_adam_with_zero_learning_rate_keeps_parameters_but_counts_the_step():
     np.testing.assert_array_equal(p, [1.0, -2.0])
     assert opt.t == 1
     np.testing.assert_allclose(opt.state_dict()["m_sum.0"], [0.5, -1.0])
+
+
+def test_folding_the_learning_rate_into_the_gradient_gives_the_same_step():
+    g = np.array([0.5, -1.0])
+    np.testing.assert_allclose(run(SGD(), [0.1 * g], lr=1.0), run(SGD(), [g], lr=0.1), rtol=1e-15)

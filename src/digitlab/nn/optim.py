@@ -19,7 +19,9 @@ Conventions (PyTorch's, so recipes carry over):
                       p <- p - lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)
                       (stored as m_sum = m/(1-b1), v_sum = v/(1-b2): fewer passes over the arrays)
 `step` leaves `grads` unchanged (it works in its own scratch arrays) and allocates nothing after the first
-call. `state_dict()` is a flat dict of scalars and arrays (safetensors-friendly).
+call. Plain SGD at lr == 1.0 is a single pass (p -= g): a training loop may fold the learning rate into the
+loss gradient (`dscores *= lr` before `backward`, which scales every gradient by linearity) and step with
+lr=1.0, saving one pass over every weight array per step (about 8 % of a seed-004 epoch). `state_dict()` is a flat dict of scalars and arrays (safetensors-friendly).
 """
 
 from __future__ import annotations
@@ -121,6 +123,9 @@ class SGD(Optimizer):
                 g = s
             else:
                 g = v
+        if lr == 1.0:                                        # lr already folded into the gradients: one pass
+            p -= g
+            return
         xp.multiply(g, lr, out=s)                            # lr * step direction
         p -= s
 
