@@ -384,6 +384,14 @@ def test_missing_file_directory_and_bad_arrays(tmp_path):
         load_image(io.StringIO("hello"))
 
 
+def test_a_lazily_opened_broken_pil_image_gives_an_image_error(tmp_path):
+    path = tmp_path / "half.png"
+    path.write_bytes(_truncated("PNG"))
+    with Image.open(path) as lazy:  # Pillow reads only the header here
+        with pytest.raises(ImageError, match="truncated"):
+            load_image(lazy, name=str(path))
+
+
 def test_a_lower_pixel_limit_is_honoured():
     with pytest.raises(ImageError, match=r"too large: 300×300 pixels \(limit 10,000"):
         load_image(encode(REFERENCE, "PNG"), max_pixels=10_000)

@@ -41,6 +41,7 @@ import numpy as np
 from digitlab.errors import ImageError
 
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb warning limit (about 9459 x 9459)
+MAX_FILE_BYTES = 256 * 1024 * 1024  # no picture of a digit is bigger; refuse before reading it
 MNIST_CENTER = 14.0  # MNIST digits have their intensity centre of mass at pixel index (14, 14)
 
 
@@ -91,6 +92,10 @@ def load_image(src: Any, *, name: str | None = None, max_pixels: int = MAX_PIXEL
     label = _source_name(src, name)
     if isinstance(src, Image.Image):
         img = src
+        try:
+            img.load()  # an Image.open() result is lazy: its pixels may still be unread (or broken)
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise ImageError(f"{label}: truncated or corrupt image data ({exc})") from None
     elif isinstance(src, np.ndarray):
         img = _array_to_image(src, label)
     else:
@@ -109,6 +114,9 @@ def _open(src: Any, label: str, max_pixels: int):
     if isinstance(src, (str, os.PathLike)):
         path = Path(src)
         try:
+            size = path.stat().st_size
+            if size > MAX_FILE_BYTES and path.is_file():
+                raise ImageError(f"{label}: too large: {size:,} bytes (limit {MAX_FILE_BYTES:,} bytes)")
             data = path.read_bytes()
         except FileNotFoundError:
             raise ImageError(f"{label}: no such file") from None
@@ -458,8 +466,8 @@ def _main_components(mask: np.ndarray, ink: np.ndarray, share: float) -> np.ndar
 
 def _frame_like(mask: np.ndarray, labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """(frame, slab), (n,) bool each: components that run along the image border (a desk, the paper's
-    edge, a dark corner), and those among them that hug it over a quarter of the shorter side while being
-    thicker than any pen stroke (8 % of that side): a desk, never a digit.
+    edge, a dark corner), and those among them that hug it over a quarter of the shorter side, reach two
+    sides of the picture and are thicker than a pen stroke (8 % of that side): a desk, never a digit.
 
     A digit may touch the border with a stroke end (contact about one stroke width); a frame-like region
     touches it over at least three of its own widths and over a tenth of the image's shorter side, or over
@@ -479,7 +487,8 @@ def _frame_like(mask: np.ndarray, labels: np.ndarray, n: int) -> tuple[np.ndarra
     spans = (on[0] & on[1]) | (on[2] & on[3])  # from one side of the picture to the opposite one
     wall = contact >= 0.25 * side
     frame = ((contact >= 3.0 * width) & (contact >= 0.1 * side)) | wall | spans
-    slab = wall & (width >= 0.08 * side)
+    corner = (on[0] | on[1]) & (on[2] | on[3])  # touches two adjacent sides
+    slab = wall & (spans | corner) & (width >= 0.08 * side)
     frame[0] = slab[0] = False
     return frame, slab
 
