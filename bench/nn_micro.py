@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/nn_micro.py                 # epoch time vs its matrix products, batch-512 vs peak
     .venv/bin/python bench/nn_micro.py --repeats 5 --json
+    .venv/bin/python bench/nn_micro.py --threads 1       # BLAS limited to one thread (threadpoolctl)
 
 What it times (float32, MNIST already in memory as a float32 (60000, 784) array, no shuffling):
   epoch     one training epoch with digitlab's layers: forward, loss, backward, SGD step for each of the 938
@@ -125,8 +126,19 @@ def main(argv=None) -> dict:
     parser.add_argument("--n", type=int, default=60000, help="training images per epoch")
     parser.add_argument("--data-dir", type=str, default=None,
                         help="folder with the MNIST files (default: digitlab's usual lookup)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="BLAS threads for the whole run (0: leave the BLAS default, all cores)")
     parser.add_argument("--json", action="store_true", default=False, help="print one JSON object")
     args = parser.parse_args(argv)
+    if args.threads:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(args.threads, user_api="blas"):
+            return _run(args)
+    return _run(args)
+
+
+def _run(args) -> dict:
 
     x, y, test_images = _data(args.data_dir, args.n)
     net = _net(np.random.default_rng(0))
@@ -152,6 +164,7 @@ def main(argv=None) -> dict:
         "peak_gflops": round(peak, 1),
         "batch512_fraction_of_peak": round(gflops512 / peak, 3),
         "matmul512_fraction_of_peak": round(epoch_flops(args.n) / med["matmul512_s"] / 1e9 / peak, 3),
+        "blas_threads": args.threads or "default",
         "runs": {k: [round(t, 4) for t in v] for k, v in rows.items()},
     }
     if args.json:
