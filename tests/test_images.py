@@ -205,6 +205,7 @@ def _noisy(value, size=(640, 480), sigma=4.0, seed=0):
             .astype(np.uint8))),
         ("blank photo as JPEG", lambda: load_image(encode(Image.fromarray(_noisy(200, sigma=6)), "JPEG", quality=50))),
         ("one speck", lambda: _speck()),
+        ("a dot on a canvas", lambda: _dot()),
         ("blank sheet on a desk", lambda: _blank_on_desk()),
         ("1x1 pixel", lambda: Image.new("L", (1, 1), 0)),
     ],
@@ -223,6 +224,12 @@ def _blank_on_desk():
     return img
 
 
+def _dot():
+    img = Image.new("L", (280, 280), 0)
+    ImageDraw.Draw(img).ellipse((150, 120, 158, 128), fill=255)
+    return img
+
+
 def _speck():
     img = Image.new("L", (1200, 900), 230)
     ImageDraw.Draw(img).ellipse((500, 400, 503, 403), fill=20)
@@ -236,7 +243,7 @@ def _as_mode(mode: str) -> Image.Image:
     if mode == "1":
         return REFERENCE.convert("1", dither=Image.Dither.NONE)
     if mode == "I;16":
-        return Image.fromarray(grey.astype(np.uint16) * 257)
+        return Image.fromarray(grey.astype(np.uint16) * 257 // 4 + 1000)  # a dim 16-bit scan: contrast, not range
     if mode == "I":
         return Image.fromarray(grey.astype(np.int32) * 257, mode="I")
     if mode == "F":

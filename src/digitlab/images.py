@@ -57,7 +57,7 @@ class PreprocessConfig:
     min_contrast: float = 24.0  # grey levels: fainter ink than this is "no digit"
     min_snr: float = 6.0  # ink must stand this many noise sigmas above the background
     sure_polarity: float = 3.0  # |log(bright tail / dark tail)| below this: polarity from local contrast instead
-    min_extent: float = 0.02  # ink box smaller than this fraction of the image's longer side is "no digit"
+    min_extent: float = 0.04  # ink box smaller than this fraction of the image's shorter side is "no digit"
     speck_share: float = 0.05  # ink components with less than this share of the ink are dropped
     edge_ramp: tuple[float, float] = (0.25, 0.65)  # ink (share of stroke contrast) mapped onto 0..1
     stroke_range: tuple[float, float] = (0.09, 0.17)  # stroke width / longer side kept as is (MNIST ~p10-p93)
@@ -224,6 +224,8 @@ def _normalise_mode(img, label: str):
         a = np.asarray(img, dtype=np.float64)  # (H, W)
         if a.ndim != 2:
             a = np.asarray(img.convert("F"), dtype=np.float64)
+        if mode.startswith("I;16"):
+            a = a / 257.0  # 16-bit grey: 65535 is white, whatever the picture's own range
         return _array_to_image(a if mode == "F" else np.clip(a, 0, 65535), label)
     has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in img.info)
     if not has_alpha:
@@ -287,7 +289,7 @@ def to_mnist(img, config: PreprocessConfig = DEFAULT_CONFIG) -> tuple[np.ndarray
     if ys.size == 0:
         return empty, False
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    if max(y1 - y0, x1 - x0) < max(2, config.min_extent * max(g.shape)):
+    if max(y1 - y0, x1 - x0) < max(2, config.min_extent * min(g.shape)):
         return empty, False
 
     work = _work_crop(grey, background, sign, scale, (y0, y1, x0, x1), keep, config)
