@@ -13,15 +13,19 @@ photo of a digit on paper needs more than that first, so `to_mnist` does, step b
 1. grey levels; a coarse copy (longer side 256 px) for the global decisions;
 2. a smooth background (a quadratic surface fitted robustly, ink excluded) that takes out uneven paper and
    lighting, tint and vignetting; the side of the background the residual's heavy tail lies on is the ink
-   polarity (dark ink on light paper is inverted, so ink is always bright);
-3. ink = residual above the noise level (soft threshold, strokes keep their grey edges); specks are
-   dropped by keeping only the connected ink components that carry a real share of the ink; too little
-   contrast or ink -> "no digit found";
+   polarity (dark ink on light paper is inverted, so ink is always bright); when the tails are nearly
+   balanced (a desk in the picture's border, say) the polarity comes from local contrast instead;
+3. ink = residual above the noise level (soft threshold, strokes keep their grey edges); connected ink
+   components are labelled: specks (a small share of the ink) and frame-like regions along the border (a
+   desk, the sheet's edge, a dark corner) are dropped; too little contrast, too small an extent, or only a
+   desk -> "no digit found";
 4. the ink's bounding box is cropped from the full-resolution image and resampled so its longer side is
-   ~100 px; there the stroke width is measured (2 x area / perimeter) and, when it is outside the range
-   seen on MNIST, the strokes are grown or thinned with a grey-level disc dilation/erosion;
-5. one anti-aliased resample (Lanczos) puts the ink's longer side at 20 px with its intensity centre of
-   mass at pixel (14, 14), where MNIST's digits have theirs; the strokes are stretched to reach 255.
+   ~100 px; there the ink is measured relative to the lit paper, mapped through a steep ramp (crisp edges
+   like the bilevel NIST scans), its stroke width is measured (2 x area / perimeter) and, when outside the
+   range seen on MNIST, the strokes are grown or thinned with a grey-level disc dilation/erosion;
+5. MNIST's own recipe: the ink's box is area-averaged into 20x20 keeping the aspect ratio (the grey levels
+   are the anti-aliasing) and pasted into 28x28 at the whole-pixel offset that puts the intensity centre
+   of mass nearest pixel (14, 14), where MNIST's digits have theirs; the strokes are stretched to 255.
 
 Everything is NumPy on whole arrays plus Pillow resampling; no per-pixel Python loops.
 """
