@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import struct
+import warnings
 import zlib
 
 import numpy as np
@@ -397,6 +398,29 @@ def test_a_lazily_opened_broken_pil_image_gives_an_image_error(tmp_path):
     with Image.open(path) as lazy:  # Pillow reads only the header here
         with pytest.raises(ImageError, match="truncated"):
             load_image(lazy, name=str(path))
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    fmt=st.sampled_from(["PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"]),
+    edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=8),
+    cut=st.one_of(st.none(), st.floats(0.05, 0.99)),
+)
+def test_damaged_files_give_an_image_error_or_a_picture_never_a_crash(fmt, edits, cut):
+    data = bytearray(encode(draw_digit((120, 100)).convert("RGB"), fmt))
+    for pos, value in edits:
+        data[pos % len(data)] = value
+    if cut is not None:
+        data = data[: max(1, int(len(data) * cut))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing leaks to the user's terminal either
+        try:
+            img = load_image(bytes(data), name=f"damaged.{fmt.lower()}")
+        except ImageError as exc:
+            assert str(exc).startswith(f"damaged.{fmt.lower()}: ")
+            return
+        x, _ = to_mnist(img)
+    assert x.shape == (28, 28) and x.dtype == np.uint8
 
 
 def test_a_lower_pixel_limit_is_honoured():

@@ -140,6 +140,7 @@ def _open(src: Any, label: str, max_pixels: int):
         raise ImageError(f"{label}: empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's chatter about odd metadata in files it can still read
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             w, h = img.size
@@ -210,7 +211,9 @@ def _orient(img):
     from PIL import ImageOps
 
     try:
-        return ImageOps.exif_transpose(img)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Corrupt EXIF data" and the like
+            return ImageOps.exif_transpose(img)
     except Exception:  # a broken EXIF block must not make a readable picture unusable
         return img
 
