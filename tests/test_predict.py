@@ -189,6 +189,18 @@ def test_cli_stdin_and_show_input(model, trained_mlp, tmp_path, capsys, monkeypa
     assert code == 0 and out.strip() == f"{blank}: no digit found"
 
 
+def test_cli_show_input_never_overwrites_a_name_twice(trained_mlp, tmp_path, capsys):
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        seven().save(tmp_path / sub / "digit.png")
+    shown = tmp_path / "shown"
+    code, out, _ = run_cli(capsys, "predict", trained_mlp.model_path, tmp_path / "a", tmp_path / "b",
+                           "--show-input", shown, "--json")
+    assert code == 0
+    assert [r["input"] for r in json.loads(out)] == [str(shown / "digit.png"), str(shown / "digit-2.png")]
+    assert sorted(p.name for p in shown.iterdir()) == ["digit-2-x10.png", "digit-2.png", "digit-x10.png", "digit.png"]
+
+
 @pytest.mark.parametrize("loss,normalization", [("softmax_ce", "standard"), ("sigmoid_bce", "unit"),
                                                 ("softmax_mse", "raw")])
 def test_cli_works_with_every_model_kind(tmp_path, capsys, loss, normalization):
