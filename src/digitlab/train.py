@@ -185,9 +185,12 @@ def fit(model: Classifier, optimizer, data: RunData, recipe: Recipe, state: Trai
 
     net, loss_fn, plan = model.net, model.loss, Plan.of(recipe, len(data.train.labels))
     schedule = _schedule(recipe, plan)
+    fold_lr = optimizer.folds_lr
     full_x = normalize(data.train.images, recipe.normalization, recipe.dtype) if plan.per_epoch == 1 else None
     bar = tqdm(total=plan.total, initial=state.step, unit="step", leave=False, desc=recipe.name,
                disable=quiet or not sys.stderr.isatty())
+    # A diverging run overflows a step or two before its loss turns non-finite; rather than a flood of
+    # RuntimeWarnings, every step's loss is checked and a non-finite one stops training with a TrainingError.
     with _sigint_deferred() as ctrl_c, np.errstate(over="ignore", invalid="ignore"), bar, _blas_threads(recipe, plan):
         try:
             while state.epoch < plan.epochs:
@@ -205,8 +208,10 @@ def fit(model: Classifier, optimizer, data: RunData, recipe: Recipe, state: Trai
                     loss, dscores = loss_fn(scores, y, out=scores)  # gradient written over the scores
                     if not math.isfinite(loss):
                         raise _diverged(loss, state, lr, run_dir)
+                    if fold_lr:
+                        dscores *= lr  # (B, C): plain SGD then updates W -= dW in one pass
                     net.backward(dscores)
-                    optimizer.step(net.parameters(), net.grads(), lr)
+                    optimizer.step(net.parameters(), net.grads(), 1.0 if fold_lr else lr)
                     state.record(loss, correct, len(y))
                     state.seconds = time.perf_counter() - t0
                     bar.update(1)
@@ -433,10 +438,19 @@ def train_recipe(name, overrides: dict | None = None, out_dir=None, data_dir=Non
             raise TrainingError(f"cannot resume {run_dir}: no {CHECKPOINT} there (it is written after each epoch)")
         state = load_checkpoint(ckpt, model, optimizer, rngs)
     else:
+        _refuse_to_overwrite(run_dir)
         state = TrainState()
         atomic_write_text(run_dir / "config.json", json.dumps(dataclasses.asdict(recipe), indent=2) + "\n")
     fit(model, optimizer, data, recipe, state, rngs, run_dir, quiet=quiet, callback=callback)
     return _finish(recipe, data, model, state, run_dir, report)
+
+
+def _refuse_to_overwrite(run_dir: Path) -> None:
+    """A new run never replaces an earlier one's model or checkpoint (nothing is lost)."""
+    taken = [name for name in (MODEL, CHECKPOINT) if (run_dir / name).exists()]
+    if taken:
+        raise ConfigError(f"{run_dir} already holds a run ({', '.join(taken)}): choose another --out, "
+                          f"continue it with --resume {run_dir}, or remove it first")
 
 
 def _read_config(run_dir: Path) -> Recipe:
@@ -465,20 +479,11 @@ def _finish(recipe: Recipe, data: RunData, model: Classifier, state: TrainState,
     model.save(result.model_path, recipe=recipe.name, recipe_config=dataclasses.asdict(recipe),
                dataset=data.name, dataset_checksums=data.checksums, seed=recipe.seed, metrics=metrics)
     atomic_write_text(run_dir / "summary.json", json.dumps(result.summary(), indent=2) + "\n")
-    write_report = _report_writer() if report else None
-    if write_report is not None and data.test is not None:
-        write_report(run_dir, model, data.test.images, data.test.labels)
+    if report and data.test is not None:
+        from digitlab.plots import write_run_report  # matplotlib loads only when a report is wanted
+
+        write_run_report(run_dir, model, data.test.images, data.test.labels)
     return result
-
-
-def _report_writer():
-    try:
-        from digitlab import plots
-    except ModuleNotFoundError as exc:
-        if exc.name != "digitlab.plots":
-            raise
-        return None
-    return getattr(plots, "write_run_report", None)
 
 
 def _write_history(run_dir, history: list) -> None:

@@ -40,6 +40,12 @@ class Optimizer:
     slots: tuple[str, ...] = ()          # saved in state_dict as "<slot>.<index>"
     weight_decay = 0.0
 
+    @property
+    def folds_lr(self) -> bool:
+        """True when the update is linear in the gradient (plain SGD): a caller may then scale the loss
+        gradient by lr before backward and step with lr=1.0 — the same update in one pass per array."""
+        return False
+
     def __init__(self):
         self.t = 0
         self.state: dict[str, list] = {}   # slot -> [array per parameter]
@@ -109,6 +115,10 @@ class SGD(Optimizer):
         if nesterov and momentum == 0.0:
             raise ConfigError("Nesterov momentum needs momentum > 0")
         self.momentum, self.nesterov, self.weight_decay = float(momentum), bool(nesterov), float(weight_decay)
+
+    @property
+    def folds_lr(self) -> bool:
+        return self.momentum == 0.0 and self.weight_decay == 0.0
 
     def _update(self, i, p, g, lr):
         xp = array_module(p)
