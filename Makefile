@@ -18,10 +18,17 @@ $(VENV)/.dev: pyproject.toml
 	$(PIP) install -e '.[dev]'
 	touch $(VENV)/.base $@
 
+DEMO_RUN := runs/demo-$(shell date +%Y%m%d-%H%M%S)
+DL := $(VENV)/bin/digitlab
+
+# The main job: import the full MNIST beside the repo when it is there (else digitlab downloads it, or falls back
+# to its bundled sample and says so), train the default MLP, and read two example pictures with it.
 demo: $(VENV)/.base
-	$(VENV)/bin/digitlab data info mnist
-	$(VENV)/bin/digitlab train --out runs/demo
-	$(VENV)/bin/digitlab reproduce
+	@if [ -d ../shared/data/mnist ]; then $(DL) data fetch mnist --data-dir ../shared/data/mnist; fi
+	$(DL) data info mnist
+	$(DL) train --out $(DEMO_RUN)
+	$(DL) predict $(DEMO_RUN)/model.safetensors docs/examples/seven.jpg docs/examples/three.png
+	@echo "Next: $(DL) reproduce   |   $(DL) serve $(DEMO_RUN)/model.safetensors   |   open $(DEMO_RUN)/report.md"
 
 # Installs the Debian packages when they are missing and we may (root, or passwordless sudo).
 system-deps:
