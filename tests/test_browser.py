@@ -240,3 +240,26 @@ def test_phone_width_has_no_horizontal_scrolling(browser, server_url):
         pg.screenshot(path=str(ARTIFACTS / "web-phone-360.png"), full_page=True)
     finally:
         context.close()
+
+
+def test_api_docs_render_offline(browser, server_url):
+    """/docs is Swagger UI from our own /docs-static/ files (no CDN: chromium runs without background networking)."""
+    from playwright.sync_api import expect
+
+    context = browser.new_context(viewport={"width": 1000, "height": 760})
+    pg = context.new_page()
+    errors, foreign = [], []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    pg.on("request", lambda req: None if req.url.startswith((server_url, "data:", "blob:")) else foreign.append(req.url))
+    try:
+        pg.goto(server_url + "docs")
+        expect(pg.locator(".swagger-ui .info .title")).to_contain_text("digitlab", timeout=15_000)
+        expect(pg.locator(".opblock-summary-path", has_text="/api/predict")).to_be_visible()
+        expect(pg.locator(".opblock-summary-path", has_text="/api/model")).to_be_visible()
+        assert pg.evaluate("typeof SwaggerUIBundle") == "function"
+        ARTIFACTS.mkdir(exist_ok=True)
+        pg.screenshot(path=str(ARTIFACTS / "web-docs.png"), full_page=True)
+    finally:
+        context.close()
+    assert foreign == [], f"the docs page asked for other hosts: {foreign}"
+    assert errors == [], f"JavaScript errors on the docs page: {errors}"

@@ -150,6 +150,27 @@ def test_openapi_docs_describe_the_api(client):
     assert {"413", "415", "422"} <= set(spec["paths"]["/api/predict"]["post"]["responses"])
 
 
+def test_docs_page_loads_only_local_assets(client):
+    """Swagger UI must work offline: every URL in /docs is ours and answers with real JS/CSS."""
+    html = client.get("/docs")
+    assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
+    assert not re.search(r"(https?:)?//[a-z0-9.-]", html.text, re.I), "the docs page refers to another host"
+    urls = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", html.text)
+    assert {"/docs-static/swagger-ui-bundle.js", "/docs-static/swagger-ui.css"} <= set(urls), urls
+    assert "url: '/openapi.json'" in html.text
+    for url in urls:
+        assert url.startswith("/docs-static/"), url
+        r = client.get(url)
+        assert r.status_code == 200 and len(r.content) > 1000, url
+        kind = {"js": "javascript", "css": "text/css", "png": "image/png"}[url.rsplit(".", 1)[1]]
+        assert kind in r.headers["content-type"], (url, r.headers["content-type"])
+    # Swagger UI 5.x: 4.x cannot render FastAPI's OpenAPI 3.1
+    version = re.search(r'PACKAGE_VERSION:"(\d+)\.', client.get("/docs-static/swagger-ui-bundle.js").text)
+    assert version and int(version.group(1)) >= 5
+    assert client.get("/openapi.json").json()["openapi"].startswith("3.1")
+    assert client.get("/redoc").status_code == 404  # ReDoc would fetch its logo from a CDN
+
+
 # ---------- refusals ----------
 
 def test_declared_oversize_upload_is_refused(client):
@@ -244,6 +265,8 @@ def test_no_request_path_reaches_the_file_system(client):
         "/static/%2e%2e/%2e%2e/%2e%2e/pyproject.toml",
         "/static//etc/passwd",
         "/static/%2fetc%2fpasswd",
+        "/docs-static/%2e%2e/core.py",
+        "/docs-static/..%2f..%2fcore.py",
         "/etc/passwd",
         "/../../pyproject.toml",
     ):

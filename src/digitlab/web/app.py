@@ -12,7 +12,9 @@ Routes
                                "input_png": base64 PNG of the 28x28 image the model received}
     GET  /api/model        the model's metadata (recipe, metrics, class names, digitlab version, ...)
     GET  /healthz          {"status": "ok"}
-    GET  /docs, /openapi.json   the OpenAPI description
+    GET  /docs, /openapi.json   the OpenAPI description; the Swagger UI page (5.x) loads its JS and CSS from
+                           /docs-static/ (shipped by the fastapi-offline package), never from a CDN. No /redoc:
+                           ReDoc fetches its logo from a CDN even when its script is local.
 
 Hardening: a body over `max_upload_bytes` (5 MB) is refused with 413 from its Content-Length, and, when that
 header is absent or lies, as soon as the bytes counted while streaming pass the limit, so a large upload is
@@ -36,6 +38,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 
 import digitlab
@@ -43,6 +46,7 @@ from digitlab.errors import DigitlabError
 
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 STATIC_PACKAGE = ("digitlab.web", "static")
+DOCS_STATIC_URL = "/docs-static"  # Swagger UI 5 assets from the fastapi-offline package
 
 
 class TopEntry(BaseModel):
@@ -95,7 +99,9 @@ def create_app(model, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> FastAPI:
     """Build the app serving `model` (a `digitlab.nn.model.Classifier`; read-only while serving)."""
     guarded = SerializedModel(model)
     info = model_info(model)
-    app = FastAPI(
+    app = FastAPIOffline(  # a FastAPI whose /docs page uses bundled Swagger UI assets: works without internet
+        static_url=DOCS_STATIC_URL,
+        redoc_url=None,
         title="digitlab",
         version=digitlab.__version__,
         description="Draw or upload a handwritten digit and see what a NumPy-trained network answers.",
