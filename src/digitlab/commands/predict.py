@@ -16,6 +16,7 @@ image the model really got (NAME.png) and a 10x enlargement (NAME-x10.png) for e
 from __future__ import annotations
 
 import glob
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,12 @@ class _InputWriter:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
         self.used: set[str] = set()
+        try:  # checked once, before any prediction: a bad --show-input is one clear error, not a traceback
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--show-input {folder}: cannot create the folder ({exc.strerror or exc})") from None
+        if not os.access(self.folder, os.W_OK):
+            raise ConfigError(f"--show-input {folder}: the folder is not writable")
 
     def name_for(self, file: str) -> str:
         stem = "stdin" if file == "-" else (Path(file).stem or "image")
@@ -146,10 +153,15 @@ def cmd_predict(args) -> int:
             else:
                 record.update(digit=result["digit"], probabilities=result["probabilities"],
                               top=[list(t) for t in result["top"]])
+                line = _line(item.file, result, class_names)
                 if writer is not None:
-                    record["input"] = str(writer.write(item.file, result["input"]))
+                    try:
+                        record["input"] = str(writer.write(item.file, result["input"]))
+                        line += f"  (input: {record['input']})"
+                    except OSError as exc:
+                        record["error"] = f"{item.file}: cannot write its 28x28 input to {writer.folder}: {exc.strerror or exc}"
                 if not args.json:
-                    print(_line(item.file, result, class_names), flush=True)
+                    print(line, flush=True)
         if record["error"] is not None:
             failed += 1
             if not args.json:
