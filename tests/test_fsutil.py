@@ -5,6 +5,7 @@ import stat
 
 import pytest
 
+from digitlab.errors import DigitlabError
 from digitlab.fsutil import _FILE_MODE, atomic_write, atomic_write_bytes
 
 
@@ -26,3 +27,10 @@ def test_atomic_write_leaves_old_file_and_no_temp_on_error(tmp_path):
             raise RuntimeError("crash mid-write")
     assert target.read_bytes() == b"good"
     assert os.listdir(tmp_path) == ["model.bin"]
+
+
+def test_unwritable_place_is_one_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    with pytest.raises(DigitlabError, match=r"file/run/model.bin: cannot write here: Not a directory"):
+        atomic_write_bytes(blocker / "run" / "model.bin", b"x")

@@ -7,6 +7,7 @@ import hashlib
 
 import hypothesis.extra.numpy as hnp
 import numpy as np
+import idx2numpy  # independent reader, a dev extra: the cross-check always runs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,7 +15,6 @@ from hypothesis import strategies as st
 from digitlab.data.idx import IdxFormatError, idx_bytes, read_idx, write_idx
 from digitlab.errors import DataError
 
-idx2numpy = pytest.importorskip("idx2numpy")
 
 DTYPES = [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64]
 arrays = st.sampled_from(DTYPES).flatmap(

@@ -14,6 +14,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from digitlab.errors import DigitlabError
+
 
 def _read_umask() -> int:
     mask = os.umask(0o022)
@@ -29,8 +31,11 @@ _FILE_MODE = 0o666 & ~_read_umask()
 @contextlib.contextmanager
 def atomic_write(path, mode: str = "wb", encoding: str | None = None):
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # a file where a folder should be, no permission, read-only disk, ...
+        raise DigitlabError(f"{path}: cannot write here: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, mode, encoding=encoding if "b" not in mode else None) as f:
             yield f
