@@ -35,9 +35,8 @@ def _isolated_home(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def trained_mlp(tmp_path_factory, mnist_dir):
-    """A small MLP trained briefly on full MNIST (≈97 % test), shared by predict/plot/web tests."""
+    """The default `mlp` recipe trained in full on full MNIST (≈15–30 s), shared by train/predict/plot/web tests."""
     from digitlab.train import train_recipe
 
     out = tmp_path_factory.mktemp("run-mlp")
-    result = train_recipe("mlp", overrides={"epochs": 2}, out_dir=out, data_dir=mnist_dir, quiet=True)
-    return result
+    return train_recipe("mlp", out_dir=out / "run", data_dir=mnist_dir, quiet=True)

@@ -26,7 +26,7 @@ import digitlab  # noqa: E402
 from digitlab.cli import main  # noqa: E402
 from digitlab.images import load_image, predict_image, to_mnist  # noqa: E402
 
-N_PHOTO, N_CANVAS = 400, 200
+N_PHOTO, N_CANVAS = 700, 300
 
 
 @pytest.fixture(scope="module")
