@@ -183,6 +183,13 @@ def test_truncated_file(saved, cut):
     assert_model_error(saved, "truncated")
 
 
+def test_file_cut_inside_its_header_is_truncated(saved):
+    data = saved.read_bytes()
+    header_len = int.from_bytes(data[:8], "little")
+    saved.write_bytes(data[: 8 + header_len // 2])
+    assert_model_error(saved, "truncated")
+
+
 @pytest.mark.parametrize("content", [
     b"this is not a model at all, just some text " * 20,
     b"\x89PNG\r\n\x1a\n" + bytes(200),

@@ -159,10 +159,23 @@ class Classifier:
 
 # -- loading ------------------------------------------------------------------------------------------
 
+def _check_header_length(path: Path) -> None:
+    """A safetensors file starts with the byte length of its JSON header: a file cut inside it is truncated."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+    n = int.from_bytes(head, "little") if len(head) == 8 else None
+    plausible = n is not None and 2 <= n <= 100 * 2**20  # header sizes safetensors itself accepts
+    if plausible and size < 8 + n:
+        raise ModelFileError(f"cannot load model {path}: it is truncated (the header says {n} bytes, "
+                             f"the file ends after {size - 8})")
+
+
 def _read_safetensors(path: Path):
     """(metadata dict, {name: array}) or ModelFileError describing why the file is unreadable."""
     from safetensors import SafetensorError, safe_open
 
+    _check_header_length(path)
     try:
         with safe_open(str(path), framework="numpy") as f:
             meta = f.metadata() or {}
