@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import threading
 import time
 from pathlib import Path
@@ -178,6 +179,10 @@ def test_uploaded_image_is_answered(page, trained_mlp, mnist_dir, tmp_path):
 
     page.set_input_files("#file", files={"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not an image"})
     expect(page.locator("#status")).to_contain_text("not an image", timeout=15_000)
+    # the refused file leaves no trace of the previous answer: no digit, no bars, no 28x28 image
+    expect(answer).to_have_text("No digit found")
+    assert shown_probabilities(page) == [""] * 10
+    assert page.locator("#input28").is_hidden()
 
 
 def test_clear_undo_and_keyboard(page):
@@ -219,7 +224,58 @@ def test_clear_undo_and_keyboard(page):
     expect(answer).to_have_text("1", timeout=15_000)
     page.keyboard.press("Escape")
     expect(answer).to_have_text("No digit found")
-    assert page.get_attribute("#answer", "aria-live") == "polite"
+
+
+TRACK_REQUESTS = """() => {
+    // Wraps fetch to log when each /api/predict starts and ends, and logs pointer events on the pad.
+    window.__log = {requests: [], pointer: [], inFlight: 0, maxInFlight: 0};
+    const realFetch = window.fetch;
+    window.fetch = async (url, options) => {
+        if (!String(url).includes("/api/predict")) return realFetch(url, options);
+        const entry = {start: performance.now(), end: null};
+        window.__log.requests.push(entry);
+        window.__log.maxInFlight = Math.max(window.__log.maxInFlight, ++window.__log.inFlight);
+        try { return await realFetch(url, options); }
+        finally { window.__log.inFlight -= 1; entry.end = performance.now(); }
+    };
+    for (const type of ["pointerdown", "pointermove"]) {  // the changes to the pad
+        document.addEventListener(type, () => window.__log.pointer.push(performance.now()), true);
+    }
+}"""
+
+
+def test_live_answer_is_throttled_and_ends_with_the_last_change(page):
+    """While drawing the answer updates live (one request at a time, at most one per ~150 ms); the last change
+    always gets a request of its own; screen readers hear the answer once, after the stroke, not mid-stroke."""
+    from playwright.sync_api import expect
+
+    page.evaluate(TRACK_REQUESTS)
+    spoken = page.locator("#answer-spoken")
+    assert page.get_attribute("#answer", "aria-live") is None  # the visual answer changes too often to be live
+    assert page.get_attribute("#answer-spoken", "aria-live") == "polite"
+
+    box = page.locator("#pad").bounding_box()
+    at = lambda fx, fy: (box["x"] + fx * box["width"], box["y"] + fy * box["height"])  # noqa: E731
+    page.mouse.move(*at(0.52, 0.15))
+    page.mouse.down()
+    for i in range(1, 11):  # a slow stroke: about 1.5 s, so several live answers come in while the button is down
+        page.mouse.move(*at(0.52, 0.15 + 0.07 * i), steps=3)
+        page.wait_for_timeout(150)
+    expect(page.locator("#answer-digit")).to_have_class(re.compile(r"\bis-digit\b"), timeout=15_000)
+    assert spoken.text_content() == "", "the screen-reader answer was updated in the middle of a stroke"
+    # a quick last wiggle, then lift: these changes come after the last live request
+    for i in range(6):
+        page.mouse.move(*at(0.50 + 0.01 * (i % 2), 0.85), steps=2)
+    page.mouse.up()
+    expect(spoken).to_have_text(re.compile(r"^The network says 1, [\d.]+ % sure"), timeout=15_000)
+    page.wait_for_timeout(500)  # nothing more should be asked after the final answer
+    log = page.evaluate("window.__log")
+    starts = [r["start"] for r in log["requests"]]
+    assert len(starts) >= 3, f"too few live requests while drawing: {log}"
+    assert log["maxInFlight"] == 1, f"requests overlapped: {log}"
+    assert min(b - a for a, b in zip(starts, starts[1:])) >= 140, f"requests closer than 150 ms: {starts}"
+    assert starts[-1] >= max(log["pointer"]), "the last change on the pad was never sent"
+    assert len(starts) <= 2 + (max(log["pointer"]) - min(log["pointer"])) / 150 + 2
 
 
 def test_phone_width_has_no_horizontal_scrolling(browser, server_url):

@@ -13,10 +13,13 @@ import io
 import json
 import os
 import re
+import shutil
+import struct
 import subprocess
 import sys
 import time
 import warnings
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -36,6 +39,15 @@ def png_bytes(image: np.ndarray, scale: int = 4, invert: bool = False) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A valid, tiny PNG (about 100 bytes) whose IHDR claims width x height pixels: a decompression bomb's header."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def decode_png(b64: str) -> np.ndarray:
@@ -248,6 +260,19 @@ def test_broken_images_are_refused_with_a_message(client, digits):
     assert r.status_code in (415, 422)
 
 
+@pytest.mark.parametrize("side", [50_000, 10_000])  # past Pillow's error limit; past its warning limit only
+def test_decompression_bomb_is_refused_without_decoding(client, side):
+    bomb = png_claiming(side, side)
+    assert len(bomb) < 200
+    started = time.monotonic()
+    for r in (client.post("/api/predict", content=bomb, headers={"content-type": "image/png"}),
+              client.post("/api/predict", files={"file": ("bomb.png", bomb, "image/png")})):
+        assert r.status_code == 422, r.text
+        detail = r.json()["detail"]
+        assert "too large" in detail and f"{side}×{side}" in detail and "decompression bomb" in detail, detail
+    assert time.monotonic() - started < 5  # refused from the header: 2.5 G pixels were never allocated
+
+
 def test_multipart_without_file_field_is_refused(client, digits):
     r = client.post("/api/predict", files={"image": ("a.png", png_bytes(digits[0][0]), "image/png")})
     assert r.status_code == 422 and '"file"' in r.json()["detail"]
@@ -322,6 +347,59 @@ def test_serve_refuses_bad_arguments_with_one_line(tmp_path, capsys):
     assert "bogus.safetensors" in capsys.readouterr().err
     assert main(["serve", str(bogus), "--port", "70000"]) == 1
     assert "70000" in capsys.readouterr().err
+
+
+def test_serve_trains_a_model_when_runs_is_empty(trained_mlp, digits, tmp_path, monkeypatch, capsys):
+    """`digitlab serve` with no MODEL and no run trains the default recipe into --runs-dir, then serves that model.
+
+    The training is faked (it copies the session's trained model) and so is uvicorn (serve_socket records what it
+    was given), so this checks the command's own steps: train, load, bind, print the URL, serve.
+    """
+    import digitlab
+    import digitlab.train
+    from digitlab.cli import main
+    from digitlab.commands import serve
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    trained, served = [], []
+
+    def fake_train_recipe(name, out_dir=None, quiet=True, **kwargs):
+        print(f"epoch 1/1  (fake training of {name!r})", flush=True)
+        out_dir.mkdir(parents=True)
+        model_path = out_dir / "model.safetensors"
+        shutil.copyfile(trained_mlp.model_path, model_path)
+        trained.append({"name": name, "out_dir": out_dir, "quiet": quiet})
+        return type("FakeResult", (), {"model_path": model_path})()
+
+    def fake_serve_socket(model, sock):
+        served.append((model, sock.getsockname()))
+        sock.close()
+
+    monkeypatch.setattr(digitlab.train, "train_recipe", fake_train_recipe)
+    monkeypatch.setattr(serve, "serve_socket", fake_serve_socket)
+
+    assert main(["serve", "--runs-dir", str(runs), "--port", "0"]) == 0
+    out = capsys.readouterr().out
+    assert len(trained) == 1 and trained[0]["name"] == "mlp" and trained[0]["quiet"] is False
+    run_dir = trained[0]["out_dir"]
+    assert run_dir.parent == runs and run_dir.name.startswith("mlp-")
+    model_path = run_dir / "model.safetensors"
+    lines = out.splitlines()
+    assert lines[0] == f"digitlab: no model in {runs}/; training the 'mlp' recipe into {run_dir} first"
+    assert "fake training" in lines[1]  # the training's own progress reaches the terminal
+    (model, (host, port)), = served
+    assert host == "127.0.0.1" and port > 0
+    assert lines[-1].startswith(f"digitlab: serving {model_path} at http://127.0.0.1:{port}/")
+    # the model served is the one just trained: same answers as the trained model
+    images, _ = digits
+    expected = digitlab.load(trained_mlp.model_path).predict(images[:16])
+    assert np.array_equal(model.predict(images[:16]), expected)
+
+    # a second start finds that run and trains nothing
+    assert main(["serve", "--runs-dir", str(runs), "--port", "0", "--json"]) == 0
+    assert len(trained) == 1 and len(served) == 2
+    assert json.loads(capsys.readouterr().out)["model"] == str(model_path)
 
 
 def test_serve_command_serves_a_model(trained_mlp, tmp_path):

@@ -30,6 +30,7 @@ import base64
 import copy
 import io
 import threading
+import warnings
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -149,8 +150,12 @@ def predict_bytes(model, data: bytes) -> dict:
     from digitlab.images import predict_image
 
     try:  # a header sniff only: tells "not an image at all" (415) from "an image we cannot use" (422)
-        with Image.open(io.BytesIO(data)) as probe:
-            probe.format  # noqa: B018
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # predict_image below judges the size (and says so)
+            with Image.open(io.BytesIO(data)) as probe:
+                probe.format  # noqa: B018
+    except Image.DecompressionBombError:
+        pass  # an image, but a huge one: predict_image refuses it naming the size the header claims
     except UnidentifiedImageError:
         raise HTTPException(415, "the uploaded bytes are not an image Pillow can read (send PNG, JPEG, GIF, BMP, WebP, ...)")
     except Exception as exc:  # noqa: BLE001 - any decoder failure on hostile bytes is a client error

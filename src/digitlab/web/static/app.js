@@ -5,7 +5,7 @@
 (() => {
   const SIZE = 280;                // canvas pixels; the server scales the digit to MNIST's 20x20 box anyway
   const STROKE = SIZE / 14;        // 20 px on 280: after scaling this is MNIST's 2-3 px pen
-  const LIVE_MS = 150;             // at most one request per 150 ms while drawing, one more after the last change
+  const LIVE_MS = 150;             // live answers while drawing: see "asking the server" below
 
   const pad = document.getElementById("pad");
   const ctx = pad.getContext("2d");
@@ -16,6 +16,7 @@
   const uploadButton = document.getElementById("upload");
   const answerDigit = document.getElementById("answer-digit");
   const answerDetail = document.getElementById("answer-detail");
+  const answerSpoken = document.getElementById("answer-spoken");
   const statusLine = document.getElementById("status");
   const barsList = document.getElementById("bars");
   const input28 = document.getElementById("input28");
@@ -25,7 +26,7 @@
   // ---- state: the strokes drawn plus an optional uploaded picture under them ----
   const strokes = [];              // each stroke: array of [x, y] in canvas pixels
   let current = null;              // the stroke being drawn
-  let background = null;           // {bitmap, file} of an uploaded image, or null
+  let background = null;           // {bitmap, file} of an uploaded image (bitmap null: the browser cannot show it)
   let timer = null;                // pending live request
   let inFlight = false;
   let dirty = false;               // the drawing changed while a request was in flight
@@ -73,6 +74,16 @@
     showBars(null);
   }
 
+  // Screen readers hear the answer once it is final (stroke ended, nothing more to ask), not at every live update:
+  // the visual answer is not a live region, this one is.
+  function announce() {
+    const detail = answerDetail.textContent;
+    answerSpoken.textContent = answerDigit.classList.contains("is-digit")
+      ? `The network says ${answerDigit.textContent}, ${detail}` : `${answerDigit.textContent}. ${detail}`;
+  }
+
+  function settled() { return current === null && timer === null && !inFlight && !dirty; }
+
   function showAnswer(result) {
     statusLine.textContent = "";
     showInput(result.input_png);
@@ -92,7 +103,7 @@
   function redraw() {
     ctx.fillStyle = "#000";
     ctx.fillRect(0, 0, SIZE, SIZE);
-    if (background) {
+    if (background && background.bitmap) {
       const { bitmap } = background;
       const scale = Math.min(SIZE / bitmap.width, SIZE / bitmap.height);
       const w = bitmap.width * scale, h = bitmap.height * scale;
@@ -159,12 +170,19 @@
   function endStroke() {
     if (!current) return;
     current = null;
-    schedule();
+    // pointerdown/move already asked for an answer; if it is already here (the pen rested before lifting), say it now.
+    if (settled()) announce();
   }
   pad.addEventListener("pointerup", endStroke);
   pad.addEventListener("pointercancel", endStroke);
 
   // ---- asking the server ----
+  // Live answers while drawing, throttled with a trailing edge. Every change calls schedule(): the first change
+  // starts a LIVE_MS timer and later changes ride along with it. When it fires, predictCanvas() sends the pad as it
+  // is then, unless a request is still in flight (or the pad is being encoded): then `dirty` asks for one more
+  // round once that answer is in. So at most one request is in flight, while drawing a new one starts at most
+  // every LIVE_MS, and a change after the last request always gets its own (trailing) request: the final answer is
+  // the answer for the pad as it is. Every request, uploads included, goes through predictCanvas().
   function isEmpty() { return strokes.length === 0 && !background; }
 
   function schedule() {
@@ -195,10 +213,12 @@
       if (mine !== generation) return;
       if (!response.ok) {
         statusLine.textContent = body.detail ? String(body.detail) : `The server answered ${response.status}.`;
+        showInput(null);  // the last good 28x28 image does not belong to this picture
         showEmpty("The image could not be used.");
-        return;
+        return;  // the status line (role="status") already tells screen readers why
       }
       showAnswer(body);
+      if (current === null && timer === null && !dirty) announce();  // the final answer for the pad as it is
     } catch (error) {
       if (mine === generation) statusLine.textContent = `Cannot reach the server: ${error.message}`;
     } finally {
@@ -220,6 +240,7 @@
     dirty = false;
     if (timer !== null) { clearTimeout(timer); timer = null; }
     statusLine.textContent = "";
+    answerSpoken.textContent = "";  // so the next answer is spoken even when its words are the same
     redraw();
     showInput(null);
     showEmpty("Draw a digit in the box.");
@@ -254,13 +275,10 @@
     } catch (_) {
       // The browser cannot show it; the server still judges it (and says why if it cannot).
     }
-    if (bitmap) {
-      background = { bitmap, file };
-      redraw();
-      predictCanvas();
-    } else {
-      send(file);
-    }
+    // The file as sent goes to the server either way (predictCanvas), after any request still in flight.
+    background = { bitmap, file };
+    redraw();
+    predictCanvas();
   }
 
   fileInput.addEventListener("change", () => {
