@@ -195,9 +195,11 @@ def test_evaluate_reports_accuracy_loss_and_per_class():
 
 
 @pytest.mark.slow
-def test_seed_003_gives_exactly_the_notebooks_90_32_percent(tmp_path, mnist_dir):
-    result = train_recipe("seed-003-ovr-logistic", None, out_dir=tmp_path / "s3", data_dir=mnist_dir,
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_seed_003_gives_exactly_the_notebooks_90_32_percent(tmp_path, mnist_dir, dtype):
+    result = train_recipe("seed-003-ovr-logistic", {"dtype": dtype}, out_dir=tmp_path / "s3", data_dir=mnist_dir,
                           report=False)
+    assert result.model.net.layers[0].W.dtype == dtype
     assert f"{100 * result.test_accuracy:.2f}" == "90.32"
 
 
