@@ -20,13 +20,16 @@ Speed notes (the seed-004 epoch is dominated by three matrix products per step):
   * train-mode outputs and input-gradients live in per-layer buffers reused while the batch shape stays the
     same — an array returned by `forward(..., train=True)` is valid until the next train-mode forward;
   * `Sequential.backward` skips the input gradient of the first layer (nobody needs d loss / d pixels);
-  * ReLU works in place on the preceding Linear's output buffer (forward) and on the following Linear's
-    input-gradient buffer (backward), as x * (x > 0) with the mask kept for backward — never on arrays the
-    caller passed in;
+  * ReLU and Dropout work in place on the preceding Linear's output buffer (forward) and on the following
+    Linear's input-gradient buffer (backward), also when chained (Linear -> ReLU -> Dropout -> Linear) —
+    never on arrays the caller passed in; ReLU as x * (x > 0) with the mask kept for backward;
+  * Dropout draws its mask as raw 32-bit integers (two per generator output) into a reused buffer;
   * bias gradients are the column sums of dy, computed as ones @ dy (a BLAS product) into `db`.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -47,11 +50,15 @@ class Layer:
     """Base class. Subclasses set `param_names` and implement forward/backward/spec."""
 
     param_names: tuple[str, ...] = ()
-    # Set by Sequential: True when forward's input is the previous Linear's output buffer (it may then be
-    # overwritten in place), and when backward's dy is the next Linear's input-gradient buffer. Never True
-    # for the caller's arrays, so a layer used on its own leaves its inputs alone.
+    # Set by Sequential: True when forward's input is a buffer of the network's own (the previous Linear's
+    # output, possibly passed on in place by in-place layers) that may be overwritten, and when backward's
+    # dy is likewise the next Linear's input-gradient buffer. Never True for the caller's arrays, so a layer
+    # used on its own leaves its inputs alone.
     input_is_scratch = False
     dy_is_scratch = False
+    # True for elementwise layers that, given scratch input (dy), write their output (dx) over it: the
+    # buffer then stays scratch for the layer after (before) them.
+    in_place = False
 
     def __init__(self):
         self._bufs: dict = {}
@@ -128,6 +135,8 @@ class Linear(Layer):
 
 class ReLU(Layer):
     """y = max(x, 0), computed as x * (x > 0): the mask is kept for backward, which is dy * mask."""
+
+    in_place = True
 
     def forward(self, x, train=True):
         xp = array_module(x)
@@ -233,13 +242,19 @@ class Dropout(Layer):
     """Inverted dropout: in training zero each unit with probability p and scale the rest by 1/(1-p).
 
     Inference is the identity. `hold_mask = True` reuses the last mask (for gradient checks).
+    The mask costs one draw of 32 random bits per unit, two per 64-bit output of the generator (no float
+    conversion): a unit is dropped when its bits are below round(p * 2^32), i.e. with probability p to
+    within 2^-33. Forward and backward are one multiply each, in place on scratch buffers.
     """
+
+    in_place = True
 
     def __init__(self, p: float = 0.5, rng: np.random.Generator | None = None):
         super().__init__()
         if not 0.0 <= float(p) < 1.0:
             raise ConfigError(f"Dropout probability must be in [0, 1), got {p}")
         self.p, self.rng, self.hold_mask = float(p), rng, False
+        self._threshold = np.uint32(min(round(self.p * 2**32), 2**32 - 1))   # drop when bits < threshold
         self._mask = None
 
     def forward(self, x, train=True):
@@ -250,11 +265,21 @@ class Dropout(Layer):
             return x
         xp = array_module(x)
         if not (self.hold_mask and self._mask is not None and self._mask.shape == x.shape):
-            if not isinstance(self.rng, np.random.Generator):
-                raise TrainingError("Dropout needs a numpy.random.Generator to train (build it with rng=...)")
-            keep = xp.asarray(self.rng.random(x.shape, dtype=np.float32) >= self.p)   # (N, D) bool
-            self._mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
-        return xp.multiply(x, self._mask, out=self._out("y", x, train))              # (N, D)
+            self._mask = xp.asarray(self._draw_mask(x.shape, x.dtype))
+        y = x if self.input_is_scratch else self._out("y", x, train)
+        return xp.multiply(x, self._mask, out=y)                                     # (N, D)
+
+    def _draw_mask(self, shape, dtype):
+        """(N, D) array of `dtype`: 1/(1-p) for kept units, 0 for dropped ones (a reused NumPy buffer)."""
+        if not isinstance(self.rng, np.random.Generator):
+            raise TrainingError("Dropout needs a numpy.random.Generator to train (build it with rng=...)")
+        n = math.prod(shape)
+        words = self.rng.bit_generator.random_raw((n + 1) // 2)                      # (ceil(n/2),) uint64
+        bits = words.view(np.uint32)[:n].reshape(shape)                              # (N, D) uint32
+        mask = _buffer(self._bufs, "mask", shape, dtype, np)
+        np.greater_equal(bits, self._threshold, out=mask)                           # 1.0 kept, 0.0 dropped
+        mask *= mask.dtype.type(1.0 / (1.0 - self.p))
+        return mask
 
     def backward(self, dy, need_dx=True):
         if not need_dx:
@@ -262,7 +287,8 @@ class Dropout(Layer):
         if self._mask is None:
             return dy
         xp = array_module(dy)
-        return xp.multiply(dy, self._mask, out=_buffer(self._bufs, "dx", dy.shape, dy.dtype, xp))
+        dx = dy if self.dy_is_scratch else _buffer(self._bufs, "dx", dy.shape, dy.dtype, xp)
+        return xp.multiply(dy, self._mask, out=dx)
 
     def spec(self) -> dict:
         return {"type": "Dropout", "p": self.p}
@@ -283,9 +309,12 @@ class Sequential:
         self.layers = list(layers)
         first = next((i for i, l in enumerate(self.layers) if l.param_names), len(self.layers))
         self._first_param = first   # layers up to and including this one need no input gradient
-        for i, layer in enumerate(self.layers):
-            layer.input_is_scratch = i > 0 and isinstance(self.layers[i - 1], Linear)
-            layer.dy_is_scratch = i + 1 < len(self.layers) and isinstance(self.layers[i + 1], Linear)
+        for prev, layer in zip([None, *self.layers], self.layers):   # Linear -> ReLU -> Dropout: one buffer
+            layer.input_is_scratch = isinstance(prev, Linear) or (
+                prev is not None and prev.in_place and prev.input_is_scratch)
+        for layer, after in zip(reversed(self.layers), [None, *reversed(self.layers)]):
+            layer.dy_is_scratch = isinstance(after, Linear) or (
+                after is not None and after.in_place and after.dy_is_scratch)
 
     # -- computation ----------------------------------------------------------------------------------
     def forward(self, x, train: bool = True):
