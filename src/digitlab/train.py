@@ -428,6 +428,8 @@ def train_recipe(name, overrides: dict | None = None, out_dir=None, data_dir=Non
     else:
         recipe = load_recipe(name or "mlp", overrides)
     run_dir = Path(out_dir) if out_dir is not None else default_run_dir(recipe.name)
+    if not resume:
+        _refuse_to_overwrite(run_dir)  # before loading any data: fail fast, and never lose an earlier run
     data = prepare_data(recipe, data_dir, quiet=quiet)
     rngs = _rngs(recipe.seed)
     model = build_model(recipe, len(data.class_names), data.class_names, rngs)
@@ -438,7 +440,6 @@ def train_recipe(name, overrides: dict | None = None, out_dir=None, data_dir=Non
             raise TrainingError(f"cannot resume {run_dir}: no {CHECKPOINT} there (it is written after each epoch)")
         state = load_checkpoint(ckpt, model, optimizer, rngs)
     else:
-        _refuse_to_overwrite(run_dir)
         state = TrainState()
         atomic_write_text(run_dir / "config.json", json.dumps(dataclasses.asdict(recipe), indent=2) + "\n")
     fit(model, optimizer, data, recipe, state, rngs, run_dir, quiet=quiet, callback=callback)
