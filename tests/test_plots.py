@@ -73,7 +73,7 @@ def test_unwritable_output_is_a_clear_error(tmp_path):
     with pytest.raises(DigitlabError, match="is a folder"):
         plots.plot_curves(tmp_path, tmp_path)
     (tmp_path / "file").write_text("x")
-    with pytest.raises(DigitlabError, match="cannot write the plot"):
+    with pytest.raises(DigitlabError, match="curves.png: cannot write here: .*file is a file, not a folder"):
         plots.plot_curves(tmp_path, tmp_path / "file" / "curves.png")
 
 

@@ -35,7 +35,9 @@ def atomic_write(path, mode: str = "wb", encoding: str | None = None):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:  # a file where a folder should be, no permission, read-only disk, ...
-        raise DigitlabError(f"{path}: cannot write here: {exc.strerror or exc}") from None
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        why = f"{blocker} is a file, not a folder" if blocker else (exc.strerror or str(exc))
+        raise DigitlabError(f"{path}: cannot write here: {why}") from None
     try:
         with os.fdopen(fd, mode, encoding=encoding if "b" not in mode else None) as f:
             yield f
