@@ -49,8 +49,11 @@ def _stop_at(step):
     return callback
 
 
-def test_same_recipe_and_seed_give_bit_identical_weights(tmp_path):
-    a, b = _train(tmp_path, "a"), _train(tmp_path, "b")
+@pytest.mark.parametrize("threads", [0, 2], ids=["auto-threads", "two-blas-threads"])
+def test_same_recipe_and_seed_give_bit_identical_weights(tmp_path, threads):
+    # threads=0 lets fit() pick one BLAS thread for these tiny steps; 2 forces the multi-threaded path the
+    # default recipe uses.
+    a, b = _train(tmp_path, "a", threads=threads), _train(tmp_path, "b", threads=threads)
     assert _same_weights(_weights(a.model), _weights(b.model))
     assert [r["train_loss"] for r in a.history] == [r["train_loss"] for r in b.history]
     c = _train(tmp_path, "c", seed=8)
