@@ -14,6 +14,7 @@ from digitlab.data.dataset import (
     MNIST_STD,
     batches,
     normalize,
+    random_shift,
     sklearn_train_test_split_indices,
     train_val_split,
 )
@@ -240,6 +241,55 @@ def test_batches_errors():
         next(batches(x, ids, 0, order="sequential"))
     with pytest.raises(DataError, match=r"\[0, 1\] scale"):
         next(batches(x.astype(np.float32), ids, 4, order="sequential"))
+
+
+def _shifted_by_hand(image, dy, dx):
+    """image moved dy rows down and dx columns right, zeros where nothing moved in (a loop-free reference)."""
+    h, w = image.shape
+    out = np.zeros_like(image)
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = image[max(-dy, 0):h - max(dy, 0),
+                                                                      max(-dx, 0):w - max(dx, 0)]
+    return out
+
+
+@pytest.mark.parametrize("s", [1, 2, 3])
+def test_random_shift_moves_each_image_by_its_own_offset(sample, s):
+    images = sample.train.images[:600]
+    moved = random_shift(images, s, np.random.default_rng(4))
+    assert moved.shape == images.shape and moved.dtype == np.uint8
+    offsets, kept = set(), 0
+    for before, after in zip(images, moved):
+        # exactly one offset in the allowed square explains each moved image
+        fits = [(dy, dx) for dy in range(-s, s + 1) for dx in range(-s, s + 1)
+                if np.array_equal(after, _shifted_by_hand(before, dy, dx))]
+        assert len(fits) == 1, fits
+        offsets.add(fits[0])
+        kept += after.sum(dtype=np.int64) == before.sum(dtype=np.int64)
+    assert kept >= 0.9 * len(images)  # most digits keep all their ink (a few touch the border)
+    assert len(offsets) == (2 * s + 1) ** 2  # 600 images reach every offset, (0, 0) included
+    again = random_shift(images, s, np.random.default_rng(4))
+    np.testing.assert_array_equal(again, moved)
+
+
+def test_batches_with_shift_augment_and_stay_reproducible(sample):
+    x, y = sample.train.images[:500], sample.train.labels[:500]
+    plain = list(batches(x, y, 100, rng=3))
+    shifted = list(batches(x, y, 100, rng=3, shift=1))
+    for (xp_, yp), (xs, ys) in zip(plain, shifted):
+        np.testing.assert_array_equal(yp, ys)  # the shifts are drawn after the order: same batches
+        changed = np.any(xp_ != xs, axis=1).mean()
+        assert 0.75 < changed < 1.0  # 8 of 9 offsets move an image
+        assert np.isclose(xs.sum(axis=1), xp_.sum(axis=1), rtol=1e-5).mean() >= 0.9  # moved, not altered
+    again = list(batches(x, y, 100, rng=3, shift=1))
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(shifted, again))
+    seq = list(batches(x, y, 100, order="sequential", rng=3, shift=2))
+    assert np.concatenate([yb for _, yb in seq]).tolist() == y.tolist()
+    with pytest.raises(ConfigError, match="needs rng="):
+        next(batches(x, y, 100, order="sequential", shift=1))
+    with pytest.raises(ConfigError, match="shift must be a non-negative integer"):
+        next(batches(x, y, 100, rng=3, shift=-1))
+    with pytest.raises(ConfigError, match="shift=28 needs square images larger than 28"):
+        next(batches(x, y, 100, rng=3, shift=28))
 
 
 def test_batches_never_copy_the_whole_data_set(sample):

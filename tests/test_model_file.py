@@ -106,13 +106,41 @@ def test_other_losses_and_normalisations_round_trip(tmp_path, images, loss, norm
 
 # -- inputs -------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("normalization", ["unit", "raw", "standard"])
+def test_uint8_inference_folds_the_normalisation_into_the_first_layer(normalization, bias, dtype):
+    from digitlab.data import normalize
+
+    rng = np.random.default_rng(11)
+    net = build_mlp(784, [24], 10, init="he_normal", bias=bias, rng=rng, dtype=dtype)
+    if bias:
+        net.layers[0].b[:] = rng.normal(size=24)
+    model = Classifier(net, "softmax_ce", normalization=normalization)
+    pixels = rng.integers(0, 256, size=(300, 28, 28), dtype=np.uint8)
+    expected = net.forward(normalize(pixels, normalization, dtype), train=False)  # normalise, then the net
+    got = model.scores(pixels, batch_size=128)                                     # folded, in 3 chunks
+    assert got.dtype == dtype and got.shape == (300, 10)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got, expected, rtol=tol, atol=tol * np.abs(expected).max())
+    # the fold is recomputed from the current weights: training after a prediction is never served stale
+    net.layers[0].W *= 2
+    np.testing.assert_allclose(model.scores(pixels), net.forward(normalize(pixels, normalization, dtype), train=False),
+                               rtol=tol, atol=tol * np.abs(expected).max() * 2)
+
+
 def test_all_accepted_input_forms_agree(model, images):
     ref = model.predict_proba(images)
     assert ref.shape == (32, 10) and ref.dtype == np.float32
     np.testing.assert_allclose(ref.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(model.predict_proba(images.reshape(32, 784)), ref)
+    # floats on [0, 1] are normalised first; uint8 pixels go through the first layer with the normalisation
+    # folded in (Classifier.scores): the same numbers up to float32 rounding, and the same answers
     as_float = images.astype(np.float32) / np.float32(255)
-    for form in (images.reshape(32, 784), as_float, as_float.reshape(32, 784)):
-        np.testing.assert_array_equal(model.predict_proba(form), ref)
+    from_float = model.predict_proba(as_float)
+    np.testing.assert_array_equal(model.predict_proba(as_float.reshape(32, 784)), from_float)
+    np.testing.assert_allclose(from_float, ref, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(model.predict(as_float), model.predict(images))
     # one image (BLAS may pick another kernel for one row: equal up to float32 rounding)
     np.testing.assert_allclose(model.predict_proba(images[0]), ref[:1], rtol=1e-5)
     np.testing.assert_array_equal(model.predict(images), ref.argmax(axis=1))

@@ -45,6 +45,8 @@ def test_overrides_are_checked():
         load_recipe("mlp", {"optimizer": "adamw"})
     with pytest.raises(ConfigError, match="lr must be > 0"):
         load_recipe("mlp", {"lr": 0.0})
+    with pytest.raises(ConfigError, match="shift must be 0..13 pixels"):
+        load_recipe("mlp", {"shift": 14})
 
 
 def test_unknown_recipe_lists_the_known_ones():

@@ -24,9 +24,11 @@ from digitlab.train import (
 )
 from digitlab.recipes import load_recipe
 
-# A small but real recipe: shuffled mini-batches, dropout (the noise RNG), Adam state, cosine schedule.
+# A small but real recipe: shuffled mini-batches, shifted images (augmentation), dropout (the noise RNG), Adam
+# state, cosine schedule.
 TINY = {"dataset": "mnist-sample", "hidden": (32,), "epochs": 2, "batch_size": 200, "order": "shuffle",
-        "optimizer": "adam", "lr": 0.003, "schedule": "cosine", "dropout": 0.1, "seed": 7, "normalization": "unit"}
+        "optimizer": "adam", "lr": 0.003, "schedule": "cosine", "dropout": 0.1, "seed": 7, "normalization": "unit",
+        "shift": 1}
 
 
 def _weights(model) -> dict:

@@ -29,12 +29,13 @@ def test_recipes_lists_all_six(capsys):
 
 def test_train_then_evaluate_json(tmp_path, capsys):
     out = tmp_path / "run"
-    code, result = run_json(capsys, "train", *SMALL, "--out", str(out))
+    code, result = run_json(capsys, "train", *SMALL, "--shift", "2", "--dropout", "0.1", "--out", str(out))
     assert code == 0
     assert 0.5 < result["test_accuracy"] <= 1.0
     assert len(result["epoch_seconds"]) == 1
     assert result["model_path"] == str(out / "model.safetensors")
-    assert json.loads((out / "config.json").read_text())["hidden"] == [16]
+    config = json.loads((out / "config.json").read_text())
+    assert (config["hidden"], config["shift"], config["dropout"]) == ([16], 2, 0.1)
 
     code, ev = run_json(capsys, "evaluate", result["model_path"], "--dataset", "mnist-sample")
     assert code == 0

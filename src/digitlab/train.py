@@ -145,7 +145,8 @@ def _epoch_batches(recipe: Recipe, plan: Plan, train: Split, full_x, epoch: int,
     if full_x is not None:
         return iter([(full_x, train.labels.astype(np.int64))])
     return batches(train.images, train.labels, plan.batch_size, order=recipe.order, rng=rng,
-                   scheme=recipe.normalization, dtype=np.dtype(recipe.dtype), steps=plan.steps_in(epoch))
+                   scheme=recipe.normalization, dtype=np.dtype(recipe.dtype), steps=plan.steps_in(epoch),
+                   shift=recipe.shift)
 
 
 # ------------------------------------------------------------------------------------------------ state
@@ -189,7 +190,7 @@ def fit(model: Classifier, optimizer, data: RunData, recipe: Recipe, state: Trai
     net, loss_fn, plan = model.net, model.loss, Plan.of(recipe, len(data.train.labels))
     schedule = _schedule(recipe, plan)
     fold_lr = optimizer.folds_lr
-    full_x = normalize(data.train.images, recipe.normalization, recipe.dtype) if plan.per_epoch == 1 else None
+    full_x = normalize(data.train.images, recipe.normalization, recipe.dtype) if plan.per_epoch == 1 and not recipe.shift else None
     bar = tqdm(total=plan.total, initial=state.step, unit="step", leave=False, desc=recipe.name,
                disable=quiet or not sys.stderr.isatty())
     # A diverging run overflows a step or two before its loss turns non-finite; rather than a flood of

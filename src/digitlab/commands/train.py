@@ -72,6 +72,8 @@ TRAIN_OVERRIDES = {
     "hidden": (_hidden, "hidden layer widths, e.g. 300,100 ('none' = linear model)"),
     "activation": (str, "hidden activation: relu, leaky_relu, sigmoid, tanh"),
     "optimizer": (str, "sgd, momentum, nesterov or adam"),
+    "dropout": (float, "dropout rate after each hidden activation (0 = none)"),
+    "shift": (int, "augmentation: move each training image by up to this many pixels (0 = none)"),
     "seed": (int, "the one seed for init, splits, order and dropout"),
     "dataset": (str, "data set name: mnist, fashion-mnist, mnist-sample"),
     "dtype": (str, "float32 or float64"),

@@ -34,6 +34,7 @@ __all__ = [
     "normalize",
     "SCHEMES",
     "MNIST_MEAN",
+    "affine",
     "MNIST_STD",
     "train_val_split",
     "sklearn_train_test_split_indices",
@@ -136,6 +137,18 @@ def _scale_into(x: np.ndarray, scheme: str, dtype, from_unit: bool) -> np.ndarra
         out -= dtype.type(MNIST_MEAN)
         out /= dtype.type(MNIST_STD)
     return out
+
+
+def affine(scheme: str) -> tuple[float, float]:
+    """(scale, offset) with normalize(pixels_0_255, scheme) == pixels * scale + offset (exact in real numbers);
+    lets inference fold the normalisation into a model's first Linear layer."""
+    if scheme not in SCHEMES:
+        raise ConfigError(f"unknown normalization scheme {scheme!r} (choose from {', '.join(SCHEMES)})")
+    if scheme == "raw":
+        return 1.0, 0.0
+    if scheme == "unit":
+        return 1.0 / 255, 0.0
+    return 1.0 / (255 * MNIST_STD), -MNIST_MEAN / MNIST_STD
 
 
 def _check_unit(x: np.ndarray) -> None:
@@ -241,6 +254,17 @@ def sklearn_train_test_split_indices(n: int, test_size=0.2, random_state: int = 
 ORDERS = ("shuffle", "sequential", "replacement")
 
 
+def random_shift(images, max_shift: int, rng: np.random.Generator) -> np.ndarray:
+    """Move each image (B, H, W) by its own random offset (dy, dx), each in [-max_shift, max_shift]; pixels
+    moved in from outside are 0 (background). Vectorised: one gather from a sliding-window view."""
+    b, h, w = images.shape
+    s = int(max_shift)
+    padded = np.pad(images, ((0, 0), (s, s), (s, s)))                       # (B, H+2s, W+2s), zero border
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (h, w), axis=(1, 2))  # (B, 2s+1, 2s+1, H, W)
+    oy, ox = rng.integers(0, 2 * s + 1, size=(2, b))                         # window corner = offset + s
+    return windows[np.arange(b), oy, ox]                                     # (B, H, W), a new array
+
+
 def batches(
     images,
     labels,
@@ -252,6 +276,7 @@ def batches(
     dtype=np.float32,
     steps: int | None = None,
     drop_last: bool = False,
+    shift: int = 0,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (x float [B, 784] in `scheme`, y int64 [B]) mini-batches.
 
@@ -259,10 +284,14 @@ def batches(
     (B indices drawn with replacement per step; needs `steps`). `steps=None` is one epoch; a number gives
     exactly that many batches, starting new epochs as needed. Never copies the whole data set: images are
     flattened once as a view and each batch is one `np.take` plus one scaling into float.
+    shift > 0: data augmentation, each image of a batch moved by its own random offset of up to `shift`
+    pixels in each direction (see `random_shift`), drawn from `rng` after the batch's indices.
     """
     x = np.asarray(images)
     n = len(x)
+    side = math.isqrt(x[0].size) if n else 0
     if x.ndim == 3:
+        side = x.shape[1] if x.shape[1] == x.shape[2] else 0
         x = x.reshape(n, -1)  # (N, 28, 28) -> (N, 784), a view when contiguous
     y = np.asarray(labels)
     if len(y) != n:
@@ -277,9 +306,14 @@ def batches(
         raise ConfigError(f"steps must be a non-negative integer, got {steps!r}")
     if order == "replacement" and steps is None:
         raise ConfigError("order='replacement' needs steps= (there is no natural epoch end)")
-    if order != "sequential":
+    if not isinstance(shift, (int, np.integer)) or shift < 0:
+        raise ConfigError(f"shift must be a non-negative integer number of pixels, got {shift!r}")
+    if shift and (side * side != x.shape[1] or shift >= side):
+        raise ConfigError(f"shift={shift} needs square images larger than {shift} pixels, got {x.shape[1]} values")
+    if order != "sequential" or shift:
         if rng is None:
-            raise ConfigError(f"order={order!r} needs rng= (a numpy.random.Generator or an int seed)")
+            raise ConfigError(f"order={order!r}{' with shift' if shift else ''} needs rng= "
+                              f"(a numpy.random.Generator or an int seed)")
         if not isinstance(rng, np.random.Generator):
             rng = np.random.default_rng(rng)
     y64 = y.astype(np.int64, copy=False)  # (N,) labels once, ~8 bytes per sample
@@ -288,8 +322,13 @@ def batches(
         _check_unit(x)  # once, not per batch
     _scale_into(x[:1], scheme, dtype, from_unit)  # validates the scheme before the loop
 
+    def scaled(xb):  # (B, 784) pixels -> (B, 784) float in `scheme`, moved first when augmenting
+        if shift:
+            xb = random_shift(xb.reshape(len(xb), side, side), shift, rng).reshape(len(xb), -1)
+        return _scale_into(xb, scheme, dtype, from_unit)
+
     def one(idx):  # (B,) indices -> (B, 784) float, (B,) int64
-        return _scale_into(np.take(x, idx, axis=0), scheme, dtype, from_unit), np.take(y64, idx)
+        return scaled(np.take(x, idx, axis=0)), np.take(y64, idx)
 
     bs = int(batch_size)
     per_epoch = n // bs if drop_last else -(-n // bs)
@@ -308,7 +347,7 @@ def batches(
                 return
             lo, hi = b * bs, min((b + 1) * bs, n)
             if perm is None:  # sequential: slicing is a view, no gather needed
-                yield _scale_into(x[lo:hi], scheme, dtype, from_unit), y64[lo:hi]
+                yield scaled(x[lo:hi]), y64[lo:hi]
             else:
                 yield one(perm[lo:hi])
             done += 1

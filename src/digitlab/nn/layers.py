@@ -140,12 +140,11 @@ class ReLU(Layer):
 
     def forward(self, x, train=True):
         xp = array_module(x)
-        mask = xp.greater(x, 0, out=self._out("mask", x, train, dtype=bool))            # (N, D) bool
-        y = x if (train and self.input_is_scratch) else self._out("y", x, train)
-        xp.multiply(x, mask, out=y)                     # (N, D), in place on the previous Linear's buffer
-        if train:
-            self._mask = mask
-        return y
+        if not train:
+            return xp.maximum(x, 0)                     # (N, D), inference: no mask to keep
+        self._mask = xp.greater(x, 0, out=self._out("mask", x, train, dtype=bool))      # (N, D) bool
+        y = x if self.input_is_scratch else self._out("y", x, train)
+        return xp.multiply(x, self._mask, out=y)        # (N, D), in place on the previous Linear's buffer
 
     def backward(self, dy, need_dx=True):
         if not need_dx:

@@ -101,15 +101,49 @@ class Classifier:
         return normalize(self._as_batch(images), self.normalization, self.net.dtype)
 
     def scores(self, images, batch_size: int = 2048) -> np.ndarray:
-        """Raw class scores (N, C) in inference mode (no training caches), normalising batch_size images
-        at a time: memory stays bounded for any N, and each normalised chunk (2048 x 784 float32 = 6 MB) is
-        still in cache when the first matrix product reads it (measured 5-15 % faster than 16384)."""
+        """Raw class scores (N, C) in inference mode (no training caches), batch_size images at a time:
+        memory stays bounded for any N, and each chunk (2048 x 784 float32 = 6 MB) is still in cache when
+        the first matrix product reads it (measured 5-15 % faster than 16384).
+
+        uint8 pixels skip the normalisation passes: it is affine, x * scale + offset, so it is folded into
+        the first Linear layer (see `_folded_input_layer`) and each chunk is only converted to float.
+        """
         from digitlab.data.dataset import normalize
 
         x = self._as_batch(images)
-        parts = [self.net.forward(normalize(x[i:i + batch_size], self.normalization, self.net.dtype), train=False)
-                 for i in range(0, max(x.shape[0], 1), batch_size)]
+        folded = self._folded_input_layer() if x.dtype == np.uint8 else None
+        parts = []
+        for i in range(0, max(x.shape[0], 1), batch_size):
+            if folded is None:
+                parts.append(self.net.forward(normalize(x[i:i + batch_size], self.normalization, self.net.dtype),
+                                              train=False))
+                continue
+            W, b = folded
+            h = np.matmul(x[i:i + batch_size].astype(W.dtype), W)  # (B, in) @ (in, H) -> (B, H)
+            h += b
+            for layer in self.net.layers[1:]:
+                h = layer.forward(h, train=False)
+            parts.append(h)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _folded_input_layer(self):
+        """(W', b') with normalize(x) @ W + b == x @ W' + b' for raw pixels x, or None if layer 0 is not Linear.
+
+        normalize(x) = x * s + o, so W' = s W and b' = b + o * (column sums of W); the sums are taken in
+        float64. Recomputed per call (one pass over W, ~0.1 ms), so it always matches the current weights.
+        The scores then differ from the normalise-first path only by float rounding (~1e-6 relative).
+        """
+        from digitlab.data.dataset import affine
+
+        first = self.net.layers[0] if self.net.layers else None
+        if not isinstance(first, Linear):
+            return None
+        scale, offset = affine(self.normalization)
+        W = first.W * first.W.dtype.type(scale)                                     # (in, H)
+        b = offset * first.W.sum(axis=0, dtype=np.float64)                          # (H,)
+        if first.b is not None:
+            b += first.b
+        return W, b.astype(first.W.dtype)
 
     def predict_proba(self, images, batch_size: int = 2048) -> np.ndarray:
         """float32 (N, C) class probabilities; rows sum to 1."""

@@ -66,6 +66,7 @@ class Recipe:
     bias: bool = True  # biases in every Linear layer
     init: tuple[str, ...] = ("he_normal",)  # per Linear layer ("normal:0.01" = N(0, 0.01)); the last entry repeats
     dropout: float = 0.0  # dropout rate after each hidden activation
+    shift: int = 0  # augmentation: move each training image by up to this many pixels per direction, per step
     loss: str = "softmax_ce"  # softmax_ce | softmax_mse | sigmoid_bce (one-vs-rest)
     # --- optimisation ---
     optimizer: str = "sgd"  # sgd | momentum | nesterov | adam
@@ -82,7 +83,7 @@ class Recipe:
     seed: int = 0  # one seed for init, validation split, order and dropout
     checkpoint_every: int = 1  # write checkpoint.safetensors every this many epochs (and at the end)
     threads: int = 0  # BLAS threads while training; 0 = automatic: 1 when each step's products are small
-    #                   (< 32M multiply-adds: threads gain little there and thrash on a busy machine), else BLAS's own
+    #                   (< 12M multiply-adds: threads gain little there and thrash on a busy machine), else BLAS's own
     # --- what the notebook reported ---
     reported_metric: str = "test_accuracy"
     reported: float | None = None  # 0..1, None when the notebook gave no final figure
@@ -198,6 +199,7 @@ def _validate(r: Recipe, label: str) -> None:
         (all(h >= 1 for h in r.hidden), "hidden widths must be >= 1"),
         (0.0 <= r.dropout < 1.0, "dropout must be in [0, 1)"),
         (r.val_size >= 0, "val_size must be >= 0"),
+        (0 <= r.shift < 14, "shift must be 0..13 pixels"),
         (0.0 < r.test_fraction < 1.0, "test_fraction must be between 0 and 1"),
         (r.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
         (r.threads >= 0, "threads must be >= 0 (0 = automatic)"),

@@ -29,6 +29,7 @@
   let background = null;           // {bitmap, file} of an uploaded image (bitmap null: the browser cannot show it)
   let timer = null;                // pending live request
   let inFlight = false;
+  let lastStart = -Infinity;       // performance.now() when the last request started
   let dirty = false;               // the drawing changed while a request was in flight
   let generation = 0;              // bumps on Clear, so late answers for an old drawing are dropped
 
@@ -185,8 +186,17 @@
   // the answer for the pad as it is. Every request, uploads included, goes through predictCanvas().
   function isEmpty() { return strokes.length === 0 && !background; }
 
+  // The timer counts from the change, but encoding the pad takes a variable time before the request starts, so
+  // when it fires it also waits out whatever is left of LIVE_MS since the last request started.
   function schedule() {
-    if (timer === null) timer = setTimeout(() => { timer = null; predictCanvas(); }, LIVE_MS);
+    if (timer === null) timer = setTimeout(fire, LIVE_MS);
+  }
+
+  function fire() {
+    const early = lastStart + LIVE_MS - performance.now();
+    if (early > 0) { timer = setTimeout(fire, early); return; }
+    timer = null;
+    predictCanvas();
   }
 
   function predictCanvas() {
@@ -203,6 +213,7 @@
   async function send(blob, mine = generation) {
     if (mine !== generation) { askAgainIfChanged(); return; }
     inFlight = true;
+    lastStart = performance.now();
     try {
       const response = await fetch("/api/predict", {
         method: "POST",
