@@ -269,6 +269,11 @@ def test_random_shift_moves_each_image_by_its_own_offset(sample, s):
     assert len(offsets) == (2 * s + 1) ** 2  # 600 images reach every offset, (0, 0) included
     again = random_shift(images, s, np.random.default_rng(4))
     np.testing.assert_array_equal(again, moved)
+    scratch = np.zeros((600, 28 + 2 * s, 28 + 2 * s), np.uint8)  # reused: its border must stay 0
+    for _ in range(2):
+        np.testing.assert_array_equal(random_shift(images, s, np.random.default_rng(4), scratch), moved)
+    np.testing.assert_array_equal(random_shift(images[::-1], s, np.random.default_rng(4), scratch),
+                                  random_shift(images[::-1], s, np.random.default_rng(4)))
 
 
 def test_batches_with_shift_augment_and_stay_reproducible(sample):
