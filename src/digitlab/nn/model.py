@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from digitlab.errors import ConfigError, DataError, ModelFileError
+from digitlab.nn.backend import array_module
 from digitlab.nn.layers import ACTIVATIONS, Dropout, Linear, Sequential
 from digitlab.nn.losses import get_loss
 
@@ -119,7 +120,8 @@ class Classifier:
                                               train=False))
                 continue
             W, b = folded
-            h = np.matmul(x[i:i + batch_size].astype(W.dtype), W)  # (B, in) @ (in, H) -> (B, H)
+            xp = array_module(W)                                   # the network's array module
+            h = xp.matmul(xp.asarray(x[i:i + batch_size], dtype=W.dtype), W)  # (B, in) @ (in, H) -> (B, H)
             h += b
             for layer in self.net.layers[1:]:
                 h = layer.forward(h, train=False)
