@@ -6,7 +6,7 @@
 
 Both sides train 784-300(ReLU)-10 with softmax cross-entropy, plain SGD lr 0.1, batch 64, the training set in
 order (no shuffling), float32, He-normal / N(0, sqrt(6/310)) init, zero biases, the same number of BLAS /
-intra-op threads (--threads; 2 is also digitlab's own automatic choice for this recipe). digitlab runs its real
+intra-op threads (--threads; digitlab on its own would use BLAS's default for this recipe, 2 here). digitlab runs its real
 training loop (`digitlab.train.fit`, which turns uint8 pixels into floats batch by batch); PyTorch gets the
 whole training set as one float32 tensor up front and slices it (its fastest path). The two alternate, one
 epoch at a time, and the table reports each epoch's training time and the median ratio. Target: <= 0.6x.

@@ -293,8 +293,19 @@ def test_batches_with_shift_augment_and_stay_reproducible(sample):
         next(batches(x, y, 100, order="sequential", shift=1))
     with pytest.raises(ConfigError, match="shift must be a non-negative integer"):
         next(batches(x, y, 100, rng=3, shift=-1))
-    with pytest.raises(ConfigError, match="shift=28 needs square images larger than 28"):
+    with pytest.raises(ConfigError, match=r"shift=28 must be smaller than the image side \(28 pixels\)"):
         next(batches(x, y, 100, rng=3, shift=28))
+    with pytest.raises(ConfigError, match=r"shift=1 needs square images, got images of shape \(28, 20\)"):
+        next(batches(x[:, :, :20], y, 100, rng=3, shift=1))
+
+
+def test_random_shift_rejects_bad_arguments(sample):
+    images = sample.train.images[:4]
+    for bad in (1.5, -1, True):
+        with pytest.raises(ConfigError, match="max_shift must be a non-negative integer"):
+            random_shift(images, bad, np.random.default_rng(0))
+    with pytest.raises(DataError, match=r"needs a batch of images \(B, H, W\), got shape \(28, 28\)"):
+        random_shift(images[0], 1, np.random.default_rng(0))
 
 
 def test_batches_never_copy_the_whole_data_set(sample):

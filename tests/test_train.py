@@ -62,6 +62,23 @@ def test_same_recipe_and_seed_give_bit_identical_weights(tmp_path, threads):
     assert not _same_weights(_weights(a.model), _weights(c.model))
 
 
+def test_training_applies_the_recipe_shift(tmp_path, monkeypatch):
+    import digitlab.train as train_mod
+
+    seen = []
+    real = train_mod.batches
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("shift"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "batches", spy)
+    shifted = _train(tmp_path, "shifted", epochs=1)
+    plain = _train(tmp_path, "plain", epochs=1, shift=0)
+    assert seen == [1, 0]  # one epoch each: the recipe's shift reaches the batches
+    assert not _same_weights(_weights(shifted.model), _weights(plain.model))  # and changes what is learnt
+
+
 @pytest.mark.parametrize("stop_step", [50, 37], ids=["epoch-boundary", "mid-epoch"])
 def test_interrupt_then_resume_is_bit_identical(tmp_path, stop_step):
     straight = _train(tmp_path, "straight")

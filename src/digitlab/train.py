@@ -190,7 +190,8 @@ def fit(model: Classifier, optimizer, data: RunData, recipe: Recipe, state: Trai
     net, loss_fn, plan = model.net, model.loss, Plan.of(recipe, len(data.train.labels))
     schedule = _schedule(recipe, plan)
     fold_lr = optimizer.folds_lr
-    full_x = normalize(data.train.images, recipe.normalization, recipe.dtype) if plan.per_epoch == 1 and not recipe.shift else None
+    one_batch = plan.per_epoch == 1 and not recipe.shift  # full batch, nothing to augment: normalise once
+    full_x = normalize(data.train.images, recipe.normalization, recipe.dtype) if one_batch else None
     bar = tqdm(total=plan.total, initial=state.step, unit="step", leave=False, desc=recipe.name,
                disable=quiet or not sys.stderr.isatty())
     # A diverging run overflows a step or two before its loss turns non-finite; rather than a flood of

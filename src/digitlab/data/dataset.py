@@ -261,6 +261,10 @@ def random_shift(images, max_shift: int, rng: np.random.Generator, padded=None) 
     `padded`: optional scratch array (B, H+2s, W+2s) of the images' dtype whose border is 0 (only its centre is
     written, so the border stays 0): reusing one across batches halves the cost (no fresh pages each time).
     """
+    if not isinstance(max_shift, (int, np.integer)) or isinstance(max_shift, bool) or max_shift < 0:
+        raise ConfigError(f"max_shift must be a non-negative integer number of pixels, got {max_shift!r}")
+    if np.ndim(images) != 3:
+        raise DataError(f"random_shift needs a batch of images (B, H, W), got shape {np.shape(images)}")
     b, h, w = images.shape
     s = int(max_shift)
     if padded is None or padded.shape != (b, h + 2 * s, w + 2 * s) or padded.dtype != images.dtype:
@@ -314,8 +318,10 @@ def batches(
         raise ConfigError("order='replacement' needs steps= (there is no natural epoch end)")
     if not isinstance(shift, (int, np.integer)) or shift < 0:
         raise ConfigError(f"shift must be a non-negative integer number of pixels, got {shift!r}")
-    if shift and (side * side != x.shape[1] or shift >= side):
-        raise ConfigError(f"shift={shift} needs square images larger than {shift} pixels, got {x.shape[1]} values")
+    if shift and side * side != x.shape[1]:
+        raise ConfigError(f"shift={shift} needs square images, got images of shape {tuple(np.shape(images)[1:])}")
+    if shift and shift >= side:
+        raise ConfigError(f"shift={shift} must be smaller than the image side ({side} pixels)")
     if order != "sequential" or shift:
         if rng is None:
             raise ConfigError(f"order={order!r}{' with shift' if shift else ''} needs rng= "

@@ -22,7 +22,8 @@ Speed notes (the seed-004 epoch is dominated by three matrix products per step):
   * `Sequential.backward` skips the input gradient of the first layer (nobody needs d loss / d pixels);
   * ReLU and Dropout work in place on the preceding Linear's output buffer (forward) and on the following
     Linear's input-gradient buffer (backward), also when chained (Linear -> ReLU -> Dropout -> Linear) —
-    never on arrays the caller passed in; ReLU as x * (x > 0) with the mask kept for backward;
+    never on arrays the caller passed in; ReLU in training as x * (x > 0) with the mask kept for backward,
+    in inference as one maximum (in place on a preceding Linear's fresh output);
   * Dropout draws its mask as raw 32-bit integers (two per generator output) into a reused buffer;
   * bias gradients are the column sums of dy, computed as ones @ dy (a BLAS product) into `db`.
 """
@@ -134,14 +135,14 @@ class Linear(Layer):
 
 
 class ReLU(Layer):
-    """y = max(x, 0), computed as x * (x > 0): the mask is kept for backward, which is dy * mask."""
+    """y = max(x, 0); in training computed as x * (x > 0), the mask kept for backward, which is dy * mask."""
 
     in_place = True
 
     def forward(self, x, train=True):
         xp = array_module(x)
-        if not train:
-            return xp.maximum(x, 0)                     # (N, D), inference: no mask to keep
+        if not train:  # no mask to keep; a preceding Linear's inference output is a fresh array
+            return xp.maximum(x, 0, out=x if self.input_is_scratch else None)       # (N, D)
         self._mask = xp.greater(x, 0, out=self._out("mask", x, train, dtype=bool))      # (N, D) bool
         y = x if self.input_is_scratch else self._out("y", x, train)
         return xp.multiply(x, self._mask, out=y)        # (N, D), in place on the previous Linear's buffer
