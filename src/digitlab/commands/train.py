@@ -74,7 +74,7 @@ TRAIN_OVERRIDES = {
     "optimizer": (str, "sgd, momentum, nesterov or adam"),
     "dropout": (float, "dropout rate after each hidden activation (0 = none)"),
     "shift": (int, "augmentation: move each training image by up to this many pixels (0 = none)"),
-    "seed": (int, "the one seed for init, splits, order and dropout"),
+    "seed": (int, "the one seed for init, splits, order, shifts and dropout"),
     "dataset": (str, "data set name: mnist, fashion-mnist, mnist-sample"),
     "dtype": (str, "float32 or float64"),
     "threads": (int, "BLAS threads while training (0 = automatic)"),

@@ -80,7 +80,7 @@ class Recipe:
     steps: int = 0  # > 0: train for exactly this many steps instead (an "epoch" is then len(train)/batch steps)
     batch_size: int = 128  # 0 = full batch
     order: str = "shuffle"  # shuffle (new permutation each epoch) | sequential | replacement (sampled)
-    seed: int = 0  # one seed for init, validation split, order and dropout
+    seed: int = 0  # one seed for init, validation split, order, shifts and dropout
     checkpoint_every: int = 1  # write checkpoint.safetensors every this many epochs (and at the end)
     threads: int = 0  # BLAS threads while training; 0 = automatic: 1 when each step's products are small
     #                   (< 12M multiply-adds: threads gain little there and thrash on a busy machine), else BLAS's own
