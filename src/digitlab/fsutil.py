@@ -22,6 +22,7 @@ import contextlib
 import errno
 import os
 import re
+import shutil
 import stat
 import tempfile
 import time
@@ -88,11 +89,11 @@ def _pid_alive(pid: int) -> bool:
 
 
 def clean_stale_temps(path) -> list[Path]:
-    """Remove the temporary files of earlier, killed writes to `path`; return what was removed.
+    """Remove the temporary files and folders of earlier, killed writes to `path`; return what was removed.
 
     A `.<name>.<pid>-<random>.tmp` is removed only when no process with that pid runs (a live writer, this
-    process included, keeps its file); a pid-less `.<name>.<random>.tmp` only after STALE_AGE_S untouched.
-    Best effort: a file that cannot be removed is left alone.
+    process included, keeps its file); a pid-less `.<name>.<random>.tmp` file only after STALE_AGE_S
+    untouched. Best effort: anything that cannot be removed is left alone.
     """
     path = Path(path)
     prefix, removed = f".{path.name}.", []
@@ -107,16 +108,21 @@ def clean_stale_temps(path) -> list[Path]:
             continue
         middle = name[len(prefix) : -len(".tmp")]
         try:
-            if not entry.is_file(follow_symlinks=False):
+            if entry.is_symlink():
                 continue
             m = _PID_TEMP.fullmatch(middle)
             if m:
                 stale = not _pid_alive(int(m.group(1)))
             else:
-                stale = bool(_LEGACY_TEMP.fullmatch(middle)) and now - entry.stat().st_mtime > STALE_AGE_S
-            if stale:
+                stale = (entry.is_file() and bool(_LEGACY_TEMP.fullmatch(middle))
+                         and now - entry.stat().st_mtime > STALE_AGE_S)  # fmt: skip
+            if not stale:
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry.path)
+            else:
                 os.unlink(entry.path)
-                removed.append(Path(entry.path))
+            removed.append(Path(entry.path))
         except OSError:
             continue
     return removed
@@ -127,6 +133,12 @@ def temp_path_for(path) -> tuple[int, Path]:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
     return fd, Path(tmp)
+
+
+def temp_dir_for(path) -> Path:
+    """A new temporary folder beside `path`, named so that `clean_stale_temps(path)` knows it."""
+    path = Path(path)
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent))
 
 
 def _write_error(path: Path, exc: OSError) -> DigitlabError:
