@@ -9,11 +9,11 @@ import json
 import os
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import pytest
 from data_helpers import STEMS, FileServer, fake_arrays, files_under, gz, spec_for, write_files
+from fault_helpers import error_without_blocking
 
 from digitlab.cli import main
 from digitlab.data.idx import idx_bytes
@@ -201,21 +201,9 @@ def test_fetch_import_of_a_fifo_source_fails_cleanly(tmp_path, monkeypatch):
         return result
 
     monkeypatch.setattr(sources, "check_location", swap)
-    done = {}
-    t = threading.Thread(target=lambda: done.setdefault("err", _fetch_error(src, tmp_path)), daemon=True)
-    t.start()
-    t.join(30)
-    if t.is_alive():
-        with open(src / BAD_NAME, "wb"):
-            pass
-        pytest.fail("fetch blocked on a FIFO")
-    assert done["err"] == (f"{src / BAD_NAME}: cannot copy into {tmp_path / 'cache' / 'toy'}: "
+    error = error_without_blocking(
+        lambda: fetch("toy", src, registry={"toy": spec_for(ARRAYS)}, cache_root=tmp_path / "cache"),
+        src / BAD_NAME, DataError)
+    assert error == (f"{src / BAD_NAME}: cannot copy into {tmp_path / 'cache' / 'toy'}: "
                            "is a FIFO (named pipe), not a regular file")
 
-
-def _fetch_error(src, tmp_path):
-    try:
-        fetch("toy", src, registry={"toy": spec_for(ARRAYS)}, cache_root=tmp_path / "cache")
-    except DataError as exc:
-        return str(exc)
-    return None
