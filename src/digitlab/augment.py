@@ -73,28 +73,37 @@ def warp(images, angle, scale, shift, fill: float = 0.0):
     gy = (xp.arange(h, dtype=dt) - dt.type(cy))[None, :, None] - xp.asarray(shift[:, 0], dt)[:, None, None]  # (B, H, 1)
     gx = (xp.arange(w, dtype=dt) - dt.type(cx))[None, None, :] - xp.asarray(shift[:, 1], dt)[:, None, None]  # (B, 1, W)
     c3, s3 = cos[:, None, None], sin[:, None, None]
-    # A^-1 = R(-angle) / scale on (row, col) with rows pointing down: a counter-clockwise turn on screen
-    sy = c3 * gy + s3 * gx + dt.type(cy)                                 # (B, H, W) source rows
-    sx = c3 * gx - s3 * gy + dt.type(cx)                                 # (B, H, W) source columns
-    y0, x0 = xp.floor(sy), xp.floor(sx)
-    fy, fx = sy - y0, sx - x0                                            # (B, H, W) weights in [0, 1)
-    # A copy with a 2-pixel `fill` border. Clipping the top-left neighbour to -2..H (-2..W) keeps all four
-    # neighbours inside the copy; a neighbour clipped there lay outside the image and reads `fill` as it should.
+    # A^-1 = R(-angle) / scale on (row, col) with rows pointing down: a counter-clockwise turn on screen.
+    # Small (B, H, 1) and (B, 1, W) terms first, so each full-size coordinate array costs one pass.
+    sy = (c3 * gy + dt.type(cy)) + s3 * gx                               # (B, H, W) source rows
+    sx = (c3 * gx + dt.type(cx)) - s3 * gy                               # (B, H, W) source columns
+    # A copy with a 2-pixel `fill` border. Clipping the sources to -2..H (-2..W) keeps all four neighbours
+    # inside the copy; a source clipped there has both neighbours outside the image, which read `fill`.
+    xp.clip(sy, -2, h, out=sy)
+    xp.clip(sx, -2, w, out=sx)
+    y0, x0 = xp.floor(sy), xp.floor(sx)                                  # (B, H, W) top-left neighbour
+    sy -= y0                                                             # (B, H, W) weights in [0, 1)
+    sx -= x0
     pw = w + 4
     padded = xp.full((b, h + 4, pw), fill, dtype=dt)                     # (B, H+4, W+4)
     padded[:, 2:-2, 2:-2] = x
     flat = padded.reshape(-1)
-    idx = xp.clip(y0, -2, h).astype(xp.intp)                             # (B, H, W) padded row - 2
-    idx += 2
-    idx *= pw
-    idx += xp.clip(x0, -2, w).astype(xp.intp) + 2                        # + padded column
-    idx += (xp.arange(b, dtype=xp.intp) * ((h + 4) * pw))[:, None, None]  # flat index of the top-left neighbour
-    top = flat[idx]
-    top += (flat[1:][idx] - top) * fx                                    # lerp along x; flat[k:][idx] = flat[idx + k]
-    bottom = flat[pw:][idx]
-    bottom += (flat[pw + 1:][idx] - bottom) * fx
+    y0 *= pw
+    y0 += x0                                                             # offset inside one image: exact in float
+    idx = y0.astype(xp.intp)
+    idx += (xp.arange(b, dtype=xp.intp) * ((h + 4) * pw) + (2 * pw + 2))[:, None, None]  # flat index into padded
+    top = xp.take(flat, idx)                                             # flat[k:][idx] == flat[idx + k]
+    right = xp.take(flat[1:], idx)
+    right -= top
+    right *= sx
+    top += right                                                         # lerp along x, upper row
+    bottom = xp.take(flat[pw:], idx)
+    right = xp.take(flat[pw + 1:], idx)
+    right -= bottom
+    right *= sx
+    bottom += right                                                      # lerp along x, lower row
     bottom -= top
-    bottom *= fy
+    bottom *= sy
     top += bottom                                                        # (B, H, W) lerp along y
     out = top
     return out.reshape(images.shape)
