@@ -212,3 +212,70 @@ def test_adam_with_zero_learning_rate_keeps_parameters_but_counts_the_step():
 def test_folding_the_learning_rate_into_the_gradient_gives_the_same_step():
     g = np.array([0.5, -1.0])
     np.testing.assert_allclose(run(SGD(), [0.1 * g], lr=1.0), run(SGD(), [g], lr=0.1), rtol=1e-15)
+
+
+# ------------------------------------------------------------------------------------------ one-cycle
+def _onecycle_formula(k, lr, total, pct=0.3, div=25.0, final_div=1e4):
+    """PyTorch OneCycleLR (cos), written out: phase ends at pct*total - 1 and total - 1."""
+    start, low = lr / div, lr / div / final_div
+    up = pct * total - 1
+    if k <= up:
+        a, b, frac = start, lr, k / up
+    else:
+        a, b, frac = lr, low, (k - up) / (total - 1 - up)
+    return b + (a - b) * (1 + math.cos(math.pi * frac)) / 2
+
+
+@pytest.mark.parametrize("total,pct", [(100, 0.3), (20, 0.25), (235, 0.2), (8, 0.5)])
+def test_onecycle_learning_rate_at_each_step(total, pct):
+    s = make_schedule("onecycle", 0.01, total, pct_start=pct)
+    assert s(0) == pytest.approx(0.01 / 25, rel=1e-12)  # starts at lr / div
+    peak = round(pct * total) - 1
+    assert s(peak) == pytest.approx(0.01, rel=1e-12)  # reaches lr at step pct*total - 1, not one later
+    assert s(peak + 1) < 0.01 and s(peak - 1) < 0.01
+    assert s(total - 1) == pytest.approx(0.01 / 25 / 1e4, rel=1e-9)  # lr / (div * final_div) at the LAST step
+    assert s(total - 2) > s(total - 1) and s(total + 5) == s(total - 1)
+    for k in range(total):
+        assert s(k) == pytest.approx(_onecycle_formula(k, 0.01, total, pct), rel=1e-12)
+
+
+def test_onecycle_with_a_fractional_phase_end():
+    s = make_schedule("onecycle", 1.0, 7, pct_start=0.5)  # phase boundary at step 2.5, as PyTorch
+    assert [s(k) for k in range(7)] == pytest.approx([_onecycle_formula(k, 1.0, 7, 0.5) for k in range(7)])
+    assert s(2) < 1.0 and s(3) < 1.0 and s(2) > s(1)
+
+
+def test_onecycle_matches_torch_when_installed():
+    torch = pytest.importorskip("torch")
+    for total in (10, 47):
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.SGD([p], lr=0.05)
+        ref = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=total, cycle_momentum=False)
+        ours = make_schedule("onecycle", 0.05, total)
+        for k in range(total):
+            assert ours(k) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12)
+            opt.step()
+            ref.step()
+
+
+def test_onecycle_bad_options_are_config_errors():
+    for kwargs in ({"pct_start": 0.0}, {"pct_start": 1.0}, {"div": 0.0}, {"final_div": -1.0}):
+        with pytest.raises(ConfigError, match="onecycle"):
+            make_schedule("onecycle", 0.1, 100, **kwargs)
+    with pytest.raises(ConfigError, match="total_steps"):
+        make_schedule("onecycle", 0.1, 1)
+
+
+def test_recipe_onecycle_reaches_the_optimizer_step_by_step(tmp_path, monkeypatch):
+    """train_recipe passes schedule(step) for step 0, 1, ... to the optimizer (an off-by-one fails)."""
+    from digitlab.nn.optim import Optimizer
+    from digitlab.train import train_recipe
+
+    seen = []
+    real = Optimizer.step
+    monkeypatch.setattr(Optimizer, "step", lambda self, p, g, lr: (seen.append(lr), real(self, p, g, lr))[1])
+    train_recipe("mlp", {"dataset": "mnist-sample", "hidden": (8,), "steps": 10, "batch_size": 1000,
+                         "optimizer": "adam", "lr": 0.02, "schedule": "onecycle", "shift": 0},
+                 out_dir=tmp_path / "run", quiet=True, report=False)
+    want = make_schedule("onecycle", 0.02, 10)
+    assert seen == [want(k) for k in range(10)]

@@ -41,6 +41,7 @@ from digitlab.data.dataset import (
 from digitlab.errors import ConfigError, TrainingError
 from digitlab.fsutil import atomic_write_text
 from digitlab.nn.layers import Dropout
+from digitlab.nn.losses import get_loss
 from digitlab.nn.model import Classifier, build_mlp, read_model_file
 from digitlab.nn.optim import SGD, Adam, make_schedule
 from digitlab.recipes import Recipe, load_recipe, make_recipe, recipe_names
@@ -146,7 +147,7 @@ def _epoch_batches(recipe: Recipe, plan: Plan, train: Split, full_x, epoch: int,
         return iter([(full_x, train.labels.astype(np.int64))])
     return batches(train.images, train.labels, plan.batch_size, order=recipe.order, rng=rng,
                    scheme=recipe.normalization, dtype=np.dtype(recipe.dtype), steps=plan.steps_in(epoch),
-                   shift=recipe.shift)
+                   shift=recipe.shift, rotate=recipe.rotate, scale=recipe.scale, translate=recipe.translate)
 
 
 # ------------------------------------------------------------------------------------------------ state
@@ -187,10 +188,12 @@ def fit(model: Classifier, optimizer, data: RunData, recipe: Recipe, state: Trai
     """
     from tqdm.auto import tqdm
 
-    net, loss_fn, plan = model.net, model.loss, Plan.of(recipe, len(data.train.labels))
+    net, plan = model.net, Plan.of(recipe, len(data.train.labels))
+    loss_fn = get_loss(recipe.loss, recipe.label_smoothing)  # the model's loss, smoothed for training
     schedule = _schedule(recipe, plan)
     fold_lr = optimizer.folds_lr
-    one_batch = plan.per_epoch == 1 and not recipe.shift  # full batch, nothing to augment: normalise once
+    augmenting = recipe.shift or recipe.rotate or recipe.scale or recipe.translate
+    one_batch = plan.per_epoch == 1 and not augmenting  # full batch, nothing to augment: normalise once
     full_x = normalize(data.train.images, recipe.normalization, recipe.dtype) if one_batch else None
     bar = tqdm(total=plan.total, initial=state.step, unit="step", leave=False, desc=recipe.name,
                disable=quiet or not sys.stderr.isatty())

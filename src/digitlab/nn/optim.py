@@ -1,6 +1,6 @@
 """Optimizers that see only lists of arrays, and learning-rate schedules as plain functions of the step.
 
-    from digitlab.nn.optim import SGD, Adam, cosine, warmup
+    from digitlab.nn.optim import SGD, Adam, cosine, onecycle, warmup
     opt = SGD(momentum=0.9, nesterov=True, weight_decay=5e-4)
     schedule = warmup(cosine(0.1, total_steps=9380), warmup_steps=500)
     for step in range(9380):
@@ -215,6 +215,32 @@ def cosine(lr: float, total_steps: int, min_lr: float = 0.0):
     return schedule
 
 
+def onecycle(lr: float, total_steps: int, pct_start: float = 0.3, div: float = 25.0, final_div: float = 1e4):
+    """One-cycle policy (Smith & Topin 2017), step for step PyTorch's OneCycleLR(max_lr=lr, total_steps,
+    pct_start, div_factor=div, final_div_factor=final_div) with its default cosine annealing:
+    from lr/div at step 0 up to lr at step pct_start*total - 1, then down to lr/(div*final_div) at the last
+    step total - 1 (and after); each phase is a half cosine between its end values."""
+    if total_steps <= 1:
+        raise ConfigError(f"onecycle needs total_steps > 1, got {total_steps}")
+    if not 0.0 < pct_start < 1.0 or div <= 0 or final_div <= 0:
+        raise ConfigError(f"onecycle needs 0 < pct_start < 1 and positive div, final_div; got {pct_start}, "
+                          f"{div}, {final_div}")
+    start, peak = float(lr) / div, float(lr)
+    low = start / final_div
+    up_end = float(pct_start * total_steps) - 1.0        # PyTorch's phase boundary (may be fractional)
+    last = float(total_steps - 1)
+
+    def half_cosine(a, b, frac):
+        return b + (a - b) * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+    def schedule(step):
+        if step <= up_end:
+            return half_cosine(start, peak, step / up_end) if up_end > 0 else peak
+        return half_cosine(peak, low, min(step - up_end, last - up_end) / (last - up_end))
+
+    return schedule
+
+
 def warmup(schedule, warmup_steps: int):
     """Linear warm-up: schedule(step) * (step + 1) / warmup_steps for the first warmup_steps steps."""
     if warmup_steps <= 0:
@@ -222,14 +248,15 @@ def warmup(schedule, warmup_steps: int):
     return lambda step: schedule(step) * min(1.0, (step + 1) / warmup_steps)
 
 
-SCHEDULES = {"constant": constant, "step_decay": step_decay, "cosine": cosine}
+SCHEDULES = {"constant": constant, "step_decay": step_decay, "cosine": cosine, "onecycle": onecycle}
 
 
 def make_schedule(name: str, lr: float, total_steps: int, warmup_steps: int = 0, **kwargs):
-    """A schedule by name ("constant", "step_decay" (every, gamma), "cosine" (min_lr)), optionally warmed up."""
+    """A schedule by name ("constant", "step_decay" (every, gamma), "cosine" (min_lr), "onecycle" (pct_start,
+    div, final_div)), optionally warmed up."""
     if name not in SCHEDULES:
         raise ConfigError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
-    if name == "cosine":
+    if name in ("cosine", "onecycle"):
         kwargs.setdefault("total_steps", total_steps)
     try:
         return warmup(SCHEDULES[name](lr, **kwargs), warmup_steps)
