@@ -141,6 +141,13 @@ def test_zero_limits_change_nothing_and_draw_nothing(digits):
     assert all(np.array_equal(p[0], s[0]) for p, s in zip(plain, same))
 
 
+@pytest.mark.parametrize("one", [{"rotate": 5.0}, {"scale": 0.05}, {"translate": 0.5}])
+def test_each_limit_alone_augments(digits, one):
+    images, labels = digits
+    plain, moved = _all(images, labels, 5), _all(images, labels, 5, **one)
+    assert not any(np.array_equal(p[0], m[0]) for p, m in zip(plain, moved))
+
+
 def test_batches_refuse_bad_augmentation(digits):
     images, labels = digits
     with pytest.raises(ConfigError, match="rotate"):
@@ -184,6 +191,25 @@ def test_augmented_training_is_deterministic_and_resumes_bit_identically(tmp_pat
     resumed = train_recipe(None, out_dir=tmp_path / "cut", quiet=True, resume=True, report=False)
     assert _same(_weights(straight.model), _weights(resumed.model))
     assert resumed.history[-1]["train_loss"] == straight.history[-1]["train_loss"]
+
+
+def test_recipe_augmentation_and_smoothing_reach_the_training_step(tmp_path, monkeypatch):
+    import digitlab.train as train_mod
+
+    seen = []
+    real = train_mod.batches
+
+    def spy(*args, **kwargs):
+        seen.append({k: kwargs.get(k) for k in ("shift", "rotate", "scale", "translate")})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "batches", spy)
+    quick = {**TINY, "steps": 3}
+    smooth = train_mod.train_recipe("mlp", quick, out_dir=tmp_path / "s", quiet=True, report=False)
+    assert seen == [{"shift": 1, "rotate": 12.0, "scale": 0.1, "translate": 2.0}]
+    plain = train_mod.train_recipe("mlp", {**quick, "label_smoothing": 0.0}, out_dir=tmp_path / "p", quiet=True,
+                                   report=False)
+    assert not _same(_weights(smooth.model), _weights(plain.model))  # the smoothed loss is what trains
 
 
 # ------------------------------------------------------------------------------------------ plot
