@@ -137,7 +137,8 @@ def test_random_affine_changes_images_and_consumes_four_draws_per_image(digits):
 
 def test_bad_arguments_are_clear_errors(digits):
     rng = np.random.default_rng(0)
-    for kwargs in ({"rotate": -1}, {"rotate": 181}, {"scale": 1.0}, {"translate": math.nan}):
+    for kwargs in ({"rotate": -1}, {"rotate": 181}, {"scale": 1.0}, {"translate": math.nan}, {"rotate": "12"},
+                   {"scale": True}, {"translate": math.inf}):
         with pytest.raises(ConfigError, match="augmentation"):
             random_affine(digits[0], rng, **kwargs)
     with pytest.raises(DataError, match="batch of images"):
