@@ -73,6 +73,37 @@ def test_zoom_about_the_centre():
     np.testing.assert_allclose(out[0], want, atol=1e-6)
 
 
+def _reference_warp(img, angle, zoom, dy, dx, fill):
+    """One image, pixel by pixel, in float64: output p reads the source c + R(-angle) (p - c - t) / zoom, where
+    rows point down (so R is the screen's counter-clockwise turn), interpolated between its four neighbours."""
+    h, w = img.shape
+    cy, cx = (h - 1) / 2, (w - 1) / 2
+    out = np.empty((h, w))
+    for i in range(h):
+        for j in range(w):
+            u, v = i - cy - dy, j - cx - dx
+            sy = (math.cos(angle) * u + math.sin(angle) * v) / zoom + cy
+            sx = (math.cos(angle) * v - math.sin(angle) * u) / zoom + cx
+            y0, x0 = math.floor(sy), math.floor(sx)
+            value = 0.0
+            for yy, wy in ((y0, 1 - (sy - y0)), (y0 + 1, sy - y0)):
+                for xx, wx in ((x0, 1 - (sx - x0)), (x0 + 1, sx - x0)):
+                    inside = 0 <= yy < h and 0 <= xx < w
+                    value += wy * wx * (img[yy, xx] if inside else fill)
+            out[i, j] = value
+    return out
+
+
+@settings(max_examples=30, deadline=None)
+@given(h=st.integers(3, 9), w=st.integers(3, 9), angle=st.floats(-math.pi, math.pi), zoom=st.floats(0.5, 2.0),
+       dy=st.floats(-4, 4), dx=st.floats(-4, 4), fill=st.sampled_from([0.0, -0.5]), seed=st.integers(0, 1000))
+def test_warp_matches_a_pixel_by_pixel_reference(h, w, angle, zoom, dy, dx, fill, seed):
+    img = np.random.default_rng(seed).random((2, h, w))  # float64, non-square: rows and columns not swapped
+    got = warp(img, np.array([angle, 0.0]), np.array([zoom, 1.0]), np.array([[dy, dx], [0.0, 0.0]]), fill=fill)
+    np.testing.assert_allclose(got[0], _reference_warp(img[0], angle, zoom, dy, dx, fill), atol=1e-9)
+    np.testing.assert_array_equal(got[1], img[1])
+
+
 def test_fill_and_channel_axis_and_float64():
     x = np.full((2, 28, 28, 1), 0.5)
     out = warp(x, np.zeros(2), np.ones(2), np.array([[30.0, 0.0], [0.0, -2.0]]), fill=-0.25)
@@ -106,7 +137,8 @@ def test_random_affine_changes_images_and_consumes_four_draws_per_image(digits):
 
 def test_bad_arguments_are_clear_errors(digits):
     rng = np.random.default_rng(0)
-    for kwargs in ({"rotate": -1}, {"rotate": 181}, {"scale": 1.0}, {"translate": math.nan}):
+    for kwargs in ({"rotate": -1}, {"rotate": 181}, {"scale": 1.0}, {"translate": math.nan}, {"rotate": "12"},
+                   {"scale": True}, {"translate": math.inf}):
         with pytest.raises(ConfigError, match="augmentation"):
             random_affine(digits[0], rng, **kwargs)
     with pytest.raises(DataError, match="batch of images"):
@@ -139,6 +171,13 @@ def test_zero_limits_change_nothing_and_draw_nothing(digits):
     plain = _all(images, labels, 5, shift=1)
     same = _all(images, labels, 5, shift=1, rotate=0.0, scale=0.0, translate=0.0)
     assert all(np.array_equal(p[0], s[0]) for p, s in zip(plain, same))
+
+
+@pytest.mark.parametrize("one", [{"rotate": 5.0}, {"scale": 0.05}, {"translate": 0.5}])
+def test_each_limit_alone_augments(digits, one):
+    images, labels = digits
+    plain, moved = _all(images, labels, 5), _all(images, labels, 5, **one)
+    assert not any(np.array_equal(p[0], m[0]) for p, m in zip(plain, moved))
 
 
 def test_batches_refuse_bad_augmentation(digits):
@@ -184,6 +223,25 @@ def test_augmented_training_is_deterministic_and_resumes_bit_identically(tmp_pat
     resumed = train_recipe(None, out_dir=tmp_path / "cut", quiet=True, resume=True, report=False)
     assert _same(_weights(straight.model), _weights(resumed.model))
     assert resumed.history[-1]["train_loss"] == straight.history[-1]["train_loss"]
+
+
+def test_recipe_augmentation_and_smoothing_reach_the_training_step(tmp_path, monkeypatch):
+    import digitlab.train as train_mod
+
+    seen = []
+    real = train_mod.batches
+
+    def spy(*args, **kwargs):
+        seen.append({k: kwargs.get(k) for k in ("shift", "rotate", "scale", "translate")})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "batches", spy)
+    quick = {**TINY, "steps": 3}
+    smooth = train_mod.train_recipe("mlp", quick, out_dir=tmp_path / "s", quiet=True, report=False)
+    assert seen == [{"shift": 1, "rotate": 12.0, "scale": 0.1, "translate": 2.0}]
+    plain = train_mod.train_recipe("mlp", {**quick, "label_smoothing": 0.0}, out_dir=tmp_path / "p", quiet=True,
+                                   report=False)
+    assert not _same(_weights(smooth.model), _weights(plain.model))  # the smoothed loss is what trains
 
 
 # ------------------------------------------------------------------------------------------ plot

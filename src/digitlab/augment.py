@@ -31,14 +31,17 @@ from digitlab.nn.backend import array_module
 __all__ = ["random_affine", "warp", "draw_params", "check_limits"]
 
 
+LIMITS = {"rotate": (180.0, True, "0..180 degrees"), "scale": (1.0, False, "a fraction in [0, 1)"),
+          "translate": (28.0, False, "in [0, 28) pixels")}  # name -> (upper bound, bound allowed, wording)
+
+
 def check_limits(rotate: float, scale: float, translate: float) -> None:
-    """ConfigError unless 0 <= rotate <= 180 (degrees), 0 <= scale < 1 (fraction), 0 <= translate (pixels)."""
-    for name, value, ok in (("rotate", rotate, 0.0 <= rotate <= 180.0), ("scale", scale, 0.0 <= scale < 1.0),
-                            ("translate", translate, 0.0 <= translate < 28.0)):
-        if not (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-                and math.isfinite(value) and ok):
-            limits = {"rotate": "0..180 degrees", "scale": "a fraction in [0, 1)", "translate": "0..28 pixels"}
-            raise ConfigError(f"augmentation {name} = {value!r} must be {limits[name]}")
+    """ConfigError unless 0 <= rotate <= 180 (degrees), 0 <= scale < 1 (fraction), 0 <= translate < 28 (pixels)."""
+    for name, value in (("rotate", rotate), ("scale", scale), ("translate", translate)):
+        top, inclusive, wording = LIMITS[name]
+        number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+        if not (number and 0.0 <= value and (value <= top if inclusive else value < top)):  # False for NaN
+            raise ConfigError(f"augmentation {name} = {value!r} must be {wording}")
 
 
 def draw_params(rng: np.random.Generator, n: int, rotate: float, scale: float, translate: float):
@@ -105,8 +108,7 @@ def warp(images, angle, scale, shift, fill: float = 0.0):
     bottom -= top
     bottom *= sy
     top += bottom                                                        # (B, H, W) lerp along y
-    out = top
-    return out.reshape(images.shape)
+    return top.reshape(images.shape)
 
 
 def random_affine(images, rng: np.random.Generator, *, rotate: float = 0.0, scale: float = 0.0,

@@ -82,6 +82,7 @@ class Recipe:
     schedule: str = "constant"  # constant | cosine (to 0 at the end) | step (x0.1 after each third) |
     #                             onecycle (PyTorch OneCycleLR: lr/25 up to lr over 30 % of the steps, down to lr/25e4)
     warmup_steps: int = 0  # linear warm-up steps before the schedule
+    cycle_beta1: bool = False  # onecycle + adam: beta1 0.95 -> 0.85 -> 0.95, inverse to the lr (as torch's OneCycleLR)
     # --- loop ---
     epochs: int = 10  # passes over the training set (ignored when steps > 0)
     steps: int = 0  # > 0: train for exactly this many steps instead (an "epoch" is then len(train)/batch steps)
@@ -212,6 +213,8 @@ def _validate(r: Recipe, label: str) -> None:
         (r.threads >= 0, "threads must be >= 0 (0 = automatic)"),
         (r.weight_decay >= 0, "weight_decay must be >= 0"),
         (r.warmup_steps >= 0, "warmup_steps must be >= 0"),
+        (not r.cycle_beta1 or (r.schedule, r.optimizer) == ("onecycle", "adam"),
+         "cycle_beta1 needs schedule = \"onecycle\" and optimizer = \"adam\""),
         (len(r.init) >= 1, "init needs at least one initializer"),
     ]
     for ok, message in checks:
