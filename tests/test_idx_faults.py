@@ -12,7 +12,7 @@ import zlib
 
 import numpy as np
 import pytest
-from fault_helpers import error_without_blocking
+from fault_helpers import FUZZ_RSS_GROWTH, error_without_blocking, peak_rss
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -182,6 +182,7 @@ def _apply(data: bytes, flips):
 @settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=mutated(), compress=st.booleans())
 def test_fuzz_only_clean_errors(tmp_path, data, compress):
+    peak = peak_rss()
     path = tmp_path / "fuzz"
     path.write_bytes(gzip.compress(data) if compress else data)
     try:
@@ -191,3 +192,4 @@ def test_fuzz_only_clean_errors(tmp_path, data, compress):
     else:
         assert arr.nbytes <= 1 << 20
         assert arr.nbytes == len(data) - 4 - 4 * arr.ndim  # exactly the declared payload, nothing extra
+    assert peak_rss() - peak < FUZZ_RSS_GROWTH
