@@ -179,7 +179,7 @@ def _apply(data: bytes, flips):
     return out
 
 
-@settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=10_000, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=mutated(), compress=st.booleans())
 def test_fuzz_only_clean_errors(tmp_path, data, compress):
     peak = peak_rss()

@@ -158,7 +158,7 @@ def _tamper_json(text: str, data) -> str:
     return json.dumps(head)
 
 
-@settings(max_examples=60, deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=10_000, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzz_model_reader_gives_only_model_file_errors(saved, tmp_path, data):
     peak = peak_rss()
