@@ -155,6 +155,14 @@ def test_unreadable_file_is_one_clear_error(tmp_path, monkeypatch):
     assert str(err.value) == f"{path}: cannot open: Permission denied"
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/mem"), reason="needs Linux /proc")
+def test_read_fault_is_one_clear_error():
+    """A real I/O error that root cannot bypass: /proc/self/mem opens as a regular file, reading offset 0 fails."""
+    with pytest.raises(IdxFormatError) as err:
+        read_idx("/proc/self/mem")
+    assert str(err.value) == "/proc/self/mem: cannot read: Input/output error"
+
+
 # ------------------------------------------------------------------------------------------------------ fuzz
 
 VALID = idx_bytes(np.arange(2 * 3 * 4, dtype=np.int16).reshape(2, 3, 4))
