@@ -91,6 +91,15 @@ def test_info_falls_back_to_sample_and_names_the_corrupt_cache(capsys, monkeypat
     assert "Get or repair the full set with `digitlab data fetch mnist`" in err
 
 
+def test_info_notice_does_not_call_a_folder_without_the_files_unusable(capsys, monkeypatch, tmp_path):
+    (tmp_path / "data" / "mnist").mkdir(parents=True)
+    (tmp_path / "data" / "notes.txt").write_text("other data sets live here")
+    monkeypatch.setenv("DIGITLAB_DATA_DIR", str(tmp_path / "data"))
+    rc, out, err = run(capsys, "data", "info")
+    assert rc == 0 and "using the bundled mnist-sample" in err
+    assert "unusable" not in err and "Get the full set with" in err
+
+
 @pytest.mark.parametrize("action", ["info", "verify", "fetch"])
 def test_fifo_in_a_data_folder_is_refused_without_hanging(tmp_path, action):
     """In a subprocess with a timeout: a hang fails the test instead of blocking the suite."""

@@ -292,7 +292,8 @@ def resolve(
             return _resolved(spec, directory, how, tried)
         except DataError as exc:
             tried.append(f"{how} {directory}: {exc}")
-            unusable.append(str(exc))
+            if _has_all(spec, directory):  # a copy is there but bad (not merely a folder without the files)
+                unusable.append(str(exc))
         except OSError as exc:
             tried.append(f"{how} {directory}: cannot read: {exc.strerror or exc}")
             unusable.append(tried[-1])
