@@ -27,3 +27,15 @@ def error_without_blocking(fn, fifo, error=Exception, timeout: float = 30) -> st
         pytest.fail(f"{fn} blocked on the FIFO {fifo}")
     assert "error" in result, f"{fn} raised no {error.__name__}"
     return result["error"]
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory so far, in bytes (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# A fuzzed input read in-process may raise the peak by at most this much: the readers refuse, before
+# allocating, any header that asks for more (IDX: max_bytes; model files: the declared layer shapes).
+FUZZ_RSS_GROWTH = 64 << 20

@@ -91,6 +91,15 @@ def test_info_falls_back_to_sample_and_names_the_corrupt_cache(capsys, monkeypat
     assert "Get or repair the full set with `digitlab data fetch mnist`" in err
 
 
+def test_info_notice_does_not_call_a_folder_without_the_files_unusable(capsys, monkeypatch, tmp_path):
+    (tmp_path / "data" / "mnist").mkdir(parents=True)
+    (tmp_path / "data" / "notes.txt").write_text("other data sets live here")
+    monkeypatch.setenv("DIGITLAB_DATA_DIR", str(tmp_path / "data"))
+    rc, out, err = run(capsys, "data", "info")
+    assert rc == 0 and "using the bundled mnist-sample" in err
+    assert "unusable" not in err and "Get the full set with" in err
+
+
 @pytest.mark.parametrize("action", ["info", "verify", "fetch"])
 def test_fifo_in_a_data_folder_is_refused_without_hanging(tmp_path, action):
     """In a subprocess with a timeout: a hang fails the test instead of blocking the suite."""
@@ -130,22 +139,37 @@ def test_unreadable_data_folder_is_one_clear_error(tmp_path, monkeypatch):
     assert str(err.value) == f"{folder}: cannot read the folder: Permission denied"
 
 
-@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])
-def test_full_or_read_only_cache_on_download_is_one_clear_error(tmp_path, monkeypatch, code):
+def _disk_fault(monkeypatch, code):
     import digitlab.data.sources as sources
 
     def fault(_dest):
         raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(sources, "temp_dir_for", fault)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])
+def test_full_or_read_only_cache_on_download_is_one_clear_error(tmp_path, monkeypatch, code):
+    _disk_fault(monkeypatch, code)
     with FileServer(routes("a") | routes("b")) as srv:
         spec = spec_for(ARRAYS, mirrors=[srv.url("a/"), srv.url("b/")])
-        with pytest.raises(DataError) as err:
+        with pytest.raises(DatasetNotFoundError) as err:
             resolve("toy", registry={"toy": spec}, cache_root=tmp_path / "cache", system_dirs=(), env={},
                     progress=False, timeout=5)  # fmt: skip
         assert srv.hits == []  # not asked: the fault is local, no mirror could help
-    assert not isinstance(err.value, DatasetNotFoundError)
-    assert str(err.value) == f"{tmp_path / 'cache' / 'toy'}: cannot store the download: {os.strerror(code)}"
+    tried = str(err.value).split("Download the files by hand")[0].splitlines()[1:]
+    assert tried == [f"  - cache {tmp_path / 'cache' / 'toy'}: no such folder",
+                     f"  - download {tmp_path / 'cache' / 'toy'}: cannot store the download: {os.strerror(code)}"]
+
+
+def test_full_cache_still_falls_back_to_the_sample_and_says_why(tmp_path, monkeypatch, capsys):
+    _disk_fault(monkeypatch, errno.ENOSPC)
+    cache = tmp_path / "xdg"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    rc, out, err = run(capsys, "data", "info", "--download")
+    assert rc == 0 and out.startswith("mnist-sample: found in ")
+    assert (f"A local copy is unusable: {cache / 'digitlab' / 'mnist'}: cannot store the download: "
+            "No space left on device.") in err
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
@@ -207,3 +231,19 @@ def test_fetch_import_of_a_fifo_source_fails_cleanly(tmp_path, monkeypatch):
     assert error == (f"{src / BAD_NAME}: cannot copy into {tmp_path / 'cache' / 'toy'}: "
                            "is a FIFO (named pipe), not a regular file")
 
+
+
+def test_fetch_with_a_complete_cache_still_removes_leftovers_of_killed_runs(tmp_path):
+    cache = tmp_path / "cache"
+    folder = cache / "toy"
+    write_files(folder, ARRAYS)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()  # fmt: skip
+    stale_dir = cache / f".toy.{dead}-abcdefgh.tmp"
+    stale_dir.mkdir()
+    stale_file = folder / f".train-labels-idx1-ubyte.gz.{dead}-abcdefgh.tmp"  # a killed `fetch --data-dir`
+    stale_file.write_bytes(b"half")
+    found = fetch("toy", registry={"toy": spec_for(ARRAYS)}, cache_root=cache, system_dirs=(), env={})
+    assert found.how == "cache"
+    assert not stale_dir.exists() and not stale_file.exists()
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{s}.gz" for s in STEMS.values())

@@ -12,7 +12,7 @@ import zlib
 
 import numpy as np
 import pytest
-from fault_helpers import error_without_blocking
+from fault_helpers import FUZZ_RSS_GROWTH, error_without_blocking, peak_rss
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -155,6 +155,14 @@ def test_unreadable_file_is_one_clear_error(tmp_path, monkeypatch):
     assert str(err.value) == f"{path}: cannot open: Permission denied"
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/mem"), reason="needs Linux /proc")
+def test_read_fault_is_one_clear_error():
+    """A real I/O error that root cannot bypass: /proc/self/mem opens as a regular file, reading offset 0 fails."""
+    with pytest.raises(IdxFormatError) as err:
+        read_idx("/proc/self/mem")
+    assert str(err.value) == "/proc/self/mem: cannot read: Input/output error"
+
+
 # ------------------------------------------------------------------------------------------------------ fuzz
 
 VALID = idx_bytes(np.arange(2 * 3 * 4, dtype=np.int16).reshape(2, 3, 4))
@@ -179,9 +187,10 @@ def _apply(data: bytes, flips):
     return out
 
 
-@settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=10_000, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=mutated(), compress=st.booleans())
 def test_fuzz_only_clean_errors(tmp_path, data, compress):
+    peak = peak_rss()
     path = tmp_path / "fuzz"
     path.write_bytes(gzip.compress(data) if compress else data)
     try:
@@ -191,3 +200,4 @@ def test_fuzz_only_clean_errors(tmp_path, data, compress):
     else:
         assert arr.nbytes <= 1 << 20
         assert arr.nbytes == len(data) - 4 - 4 * arr.ndim  # exactly the declared payload, nothing extra
+    assert peak_rss() - peak < FUZZ_RSS_GROWTH

@@ -9,7 +9,7 @@ import struct
 
 import numpy as np
 import pytest
-from fault_helpers import error_without_blocking
+from fault_helpers import FUZZ_RSS_GROWTH, error_without_blocking, peak_rss
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
@@ -158,9 +158,10 @@ def _tamper_json(text: str, data) -> str:
     return json.dumps(head)
 
 
-@settings(max_examples=60, deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=10_000, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzz_model_reader_gives_only_model_file_errors(saved, tmp_path, data):
+    peak = peak_rss()
     raw = saved.read_bytes()
     kind = data.draw(st.sampled_from(["bytes", "header", "json", "tensors"]))
     if kind == "bytes":  # flip, cut or append raw bytes anywhere
@@ -193,3 +194,4 @@ def test_fuzz_model_reader_gives_only_model_file_errors(saved, tmp_path, data):
     else:
         probs = model.predict_proba(np.zeros((2, 784), np.uint8))
         assert probs.shape == (2, len(model.class_names))
+    assert peak_rss() - peak < FUZZ_RSS_GROWTH

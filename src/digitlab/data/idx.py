@@ -179,7 +179,7 @@ def _read_stream(path, stream, sha256: bool, size_on_disk: int, compressed: bool
     got = _readinto_full(stream, memoryview(out.reshape(-1).view(np.uint8)))
     if got < nbytes:
         raise IdxFormatError(path, f"truncated: {_size_text(dims, dtype.itemsize, nbytes)}, found {got}")
-    extra = _count_rest(stream)
+    extra = _count_rest(stream) if compressed else size_on_disk - len(header) - nbytes
     if extra:
         raise IdxFormatError(
             path,

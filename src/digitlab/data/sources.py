@@ -292,12 +292,17 @@ def resolve(
             return _resolved(spec, directory, how, tried)
         except DataError as exc:
             tried.append(f"{how} {directory}: {exc}")
-            unusable.append(str(exc))
+            if _has_all(spec, directory):  # a copy is there but bad (not merely a folder without the files)
+                unusable.append(str(exc))
         except OSError as exc:
             tried.append(f"{how} {directory}: cannot read: {exc.strerror or exc}")
             unusable.append(tried[-1])
     if download and spec.mirrors:
-        failures = download_into(spec, cache_root / spec.name, progress=progress, timeout=timeout)
+        try:
+            failures = download_into(spec, cache_root / spec.name, progress=progress, timeout=timeout)
+        except DataError as exc:  # the cache cannot take the files (full, read-only, no permission)
+            failures = [str(exc)]
+            unusable.append(str(exc))
         if not failures:
             return _resolved(spec, cache_root / spec.name, "download", tried)
         tried += [f"download {f}" for f in failures]
@@ -381,6 +386,7 @@ def download_into(spec: DatasetSpec, dest_dir, *, progress: bool = True, timeout
 
     Moves on to the next mirror on ANY failure (HTTP error, dropped connection, HTML page, corrupt or wrong
     content). Returns the list of failures for files no mirror could provide (empty list: complete).
+    A fault of the local disk (full, read-only, no permission) raises DataError at once: no mirror can help.
     """
     dest_dir = Path(dest_dir)
     problems: list[str] = []
@@ -436,11 +442,13 @@ def fetch(
     """Make `name` available locally. With `source_dir`: verify the files there and copy them into the cache."""
     spec = get_spec(name, registry)
     cache_root = default_cache_root() if cache_root is None else Path(cache_root)
+    dest = cache_root / spec.name
+    for leftover in [dest, *(dest / n for stem in spec.files.values() for n in spellings(stem))]:
+        clean_stale_temps(leftover)  # of a fetch or copy killed earlier
     if source_dir is None:
         return resolve(name, registry=registry, fallback=False, env=env, cache_root=cache_root,
                        system_dirs=system_dirs, progress=progress, timeout=timeout)  # fmt: skip
     paths, _, _ = check_location(spec, Path(source_dir).expanduser())
-    dest = cache_root / spec.name
     for role, src in paths.items():
         stem = spec.files[role]
         target = dest / (stem + (".gz" if src.name.endswith(".gz") else ""))
