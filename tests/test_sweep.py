@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -219,7 +222,7 @@ lr = { log = [1e-3, 1e-2] }
     assert sorted(p.name for p in (out / "trials").iterdir()) == sorted(Path(t["run_dir"]).name for t in trials)
 
 
-def _sweep_cmd(spec: Path, out: Path, *extra: str) -> list[str]:
+def _sweep_cmd(spec, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "digitlab", "sweep", str(spec), "--out", str(out), "--quiet", *extra]
 
 
@@ -258,3 +261,89 @@ lr = { log = [1e-3, 1e-2] }
     assert after[0] == before[0]  # the finished trial is kept as it was
     assert after[1]["state"] == "FAIL" and "interrupted" in after[1]["reason"]
     assert sorted(n for n, t in after.items() if t["state"] == "COMPLETE") == [0, 2, 3]  # 3 trials, as asked
+
+
+# ------------------------------------------------------------------------------------------------ PostgreSQL
+def _postgres_bin() -> Path | None:
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    return versions[-1].parent if versions else None
+
+
+@pytest.fixture
+def postgres_url():
+    """A throw-away PostgreSQL server on a free loopback port (Debian's `postgresql` package), as the
+    `postgres` user when the tests run as root."""
+    pytest.importorskip("psycopg", reason="no PostgreSQL driver (pip install 'psycopg[binary]')")
+    bindir = _postgres_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install -y postgresql; `make test` does that as root)")
+    as_user = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without runuser: cannot start PostgreSQL as the postgres user")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    folder = Path(tempfile.mkdtemp(prefix="digitlab-pg-"))  # not under pytest's 0700 root-only tmp
+    data = folder / "data"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    if as_user:
+        shutil.chown(folder, "postgres")
+
+    def pg(*args):
+        return subprocess.run(as_user + [str(bindir / args[0]), *args[1:]], capture_output=True, text=True,
+                              timeout=120)
+
+    try:
+        init = pg("initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+        if init.returncode != 0:
+            pytest.skip(f"initdb failed: {init.stderr.strip().splitlines()[-1:]}")
+        options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        start = pg("pg_ctl", "-D", str(data), "-o", options, "-l", str(folder / "server.log"), "-w", "-t", "60", "start")
+        if start.returncode != 0:
+            log = (folder / "server.log").read_text(errors="replace") if (folder / "server.log").exists() else ""
+            pytest.skip(f"the PostgreSQL server did not start: {(log or start.stderr).strip().splitlines()[-1:]}")
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        if (data / "postmaster.pid").exists():
+            pg("pg_ctl", "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_two_machines_share_one_study_in_postgresql(tmp_path, postgres_url):
+    body = """
+recipe = "mlp"
+study = "shared"
+trials = 6
+report = false
+pruner = "none"
+[space]
+lr = { log = [1e-3, 1e-2] }
+"""
+    machines = [tmp_path / "machine-a", tmp_path / "machine-b"]
+    procs = []
+    for folder in machines:  # each worker as if on its own machine: own folder, own copy of the spec
+        folder.mkdir()
+        spec = write_spec(folder, body, epochs=3, fixed="hidden = [16]\n")
+        procs.append(subprocess.Popen(_sweep_cmd(spec.name, Path("sweep"), "--storage", postgres_url), cwd=folder,
+                                      stderr=subprocess.PIPE, text=True))
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    trials = sweep_status(machines[0] / "sweep", storage=postgres_url)["trials"]
+    assert sweep_status(machines[1] / "sweep", storage=postgres_url)["trials"] == trials
+    assert 6 <= len(trials) <= 7  # one worker may start a 7th trial in the instant before the 6th is counted
+    assert [t["number"] for t in trials] == list(range(len(trials)))
+    assert {t["state"] for t in trials} == {"COMPLETE"}
+    runs = [Path(t["run_dir"]) for t in trials]
+    assert len(set(runs)) == len(runs)  # no trial duplicated
+    for folder in machines:  # both machines worked, and every run folder on disk belongs to exactly one trial
+        on_disk = sorted((folder / "sweep" / "trials").resolve().iterdir())
+        assert on_disk and on_disk == sorted(r for r in runs if r.parent == on_disk[0].parent)
+        for run in on_disk:
+            record = json.loads((run / "trial.json").read_text())
+            assert record["state"] == "COMPLETE" and record["study"] == "shared"
+            assert trials[record["number"]]["run_dir"] == str(run)

@@ -32,6 +32,7 @@ import os
 import socket
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ TRIAL_FILE = "trial.json"  # in each trial's run folder: the trial's state as th
 # failed by the next worker that starts a trial (optuna.storages.RDBStorage(heartbeat_interval, grace_period)).
 HEARTBEAT_S = 20
 GRACE_S = 120
+SCHEMA_RETRIES = 5
 COUNTED_ERROR = "error"  # user attr set when a trial itself failed; only such FAILs count towards `trials`
 
 
@@ -254,11 +256,22 @@ def open_storage(out_dir: Path, url: str | None):
 
         out_dir.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(str(out_dir / JOURNAL)))
-    try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                                          engine_kwargs={"pool_pre_ping": True})
-    except Exception as exc:  # sqlalchemy: bad URL, no driver, server unreachable, auth failure, ...
-        raise ConfigError(f"cannot open the study storage {_safe_url(url)}: {_first_line(exc)}") from None
+    import sqlalchemy.exc
+
+    for attempt in range(SCHEMA_RETRIES):
+        try:
+            with warnings.catch_warnings():  # heartbeat_interval is "experimental" since Optuna 2.x
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                                                  engine_kwargs={"pool_pre_ping": True})
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+            # workers starting together on a fresh database race to create Optuna's tables; the loser
+            # finds them made on its next try
+            if attempt == SCHEMA_RETRIES - 1:
+                raise ConfigError(f"cannot open the study storage {_safe_url(url)}: {_first_line(exc)}") from None
+            time.sleep(0.5 * (attempt + 1))
+        except Exception as exc:  # sqlalchemy: bad URL, no driver, server unreachable, auth failure, ...
+            raise ConfigError(f"cannot open the study storage {_safe_url(url)}: {_first_line(exc)}") from None
 
 
 def _safe_url(url: str) -> str:
