@@ -141,6 +141,9 @@ hidden = { choice = [[16], [24, 12]] }
         assert json.loads((run / "trial.json").read_text())["state"] == "COMPLETE"
     best = max(trials, key=lambda t: t["value"])
     assert result["best"]["number"] == best["number"]
+    assert result["plots"] == [str(out / "history.png"), str(out / "importances.png")]
+    for plot in result["plots"]:
+        assert Path(plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # --status reads the same study back
     assert main(["sweep", "--status", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == trials

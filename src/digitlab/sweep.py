@@ -562,6 +562,7 @@ def run_sweep(spec: Spec, out_dir, n_trials: int | None = None, workers: int = 1
                                 f"continue the study")
     result = summarize(study, out_dir, spec)
     write_best_recipe(result, spec, fixed, out_dir)
+    result["plots"] = [str(p) for p in write_sweep_plots(study, result, out_dir)]
     return result
 
 
@@ -671,4 +672,55 @@ def write_best_recipe(result: dict, spec: Spec, fixed: dict, out_dir: Path) -> P
     path = out_dir / "best.toml"
     atomic_write_text(path, f"# written by digitlab sweep from {best['run_dir']}\n" + tomli_w.dumps(values))
     result["best_recipe"] = str(path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ plots
+def write_sweep_plots(study, result: dict, out_dir: Path) -> list[Path]:
+    """history.png (each finished trial's value and the best so far) and importances.png (Optuna's fANOVA
+    parameter importances, when at least two trials finished)."""
+    from matplotlib.figure import Figure
+
+    done = [r for r in result["trials"] if r["state"] == "COMPLETE"]
+    if not done:
+        return []
+    written = []
+    fig = Figure(figsize=(7, 4), dpi=100)
+    ax = fig.add_subplot()
+    numbers = [r["number"] for r in done]
+    values = [r["value"] for r in done]
+    best = (max if result["direction"] == "maximize" else min)
+    running = [best(values[:i + 1]) for i in range(len(values))]
+    ax.scatter(numbers, values, s=14, label="trial")
+    ax.step(numbers, running, where="post", color="C1", label="best so far")
+    ax.set(xlabel="trial", ylabel=result["metric"], title=f"sweep {result['study']}")
+    ax.legend(loc="lower right" if result["direction"] == "maximize" else "upper right")
+    written.append(_save_png(fig, out_dir / "history.png"))
+    if len(done) >= 2 and len({json.dumps(r["params"], sort_keys=True) for r in done}) >= 2:
+        import optuna
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            importances = optuna.importance.get_param_importances(study)
+        fig = Figure(figsize=(6, 1 + 0.4 * len(importances)), dpi=100)
+        ax = fig.add_subplot()
+        names = list(importances)[::-1]
+        ax.barh(names, [importances[n] for n in names])
+        ax.set(xlabel=f"importance for {result['metric']} (fANOVA)", title=f"sweep {result['study']}")
+        fig.tight_layout()
+        written.append(_save_png(fig, out_dir / "importances.png"))
+    return written
+
+
+def _save_png(fig, path: Path) -> Path:
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from digitlab.fsutil import atomic_write_bytes
+
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    atomic_write_bytes(path, buffer.getvalue())
     return path
