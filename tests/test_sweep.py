@@ -29,15 +29,16 @@ from digitlab.train import train_recipe  # noqa: E402
 TINY_FIXED = """
 [fixed]
 dataset = "mnist-sample"
-epochs = {epochs}
 shift = 0
 batch_size = 200
 """
 
 
-def write_spec(folder: Path, body: str, epochs: int = 2, fixed: str = "") -> Path:
+def write_spec(folder: Path, body: str, epochs: int | None = 2, fixed: str = "") -> Path:
+    """body + [fixed] for a tiny model on mnist-sample (+ `fixed` lines; epochs=None: the space sets it)."""
     path = folder / "spec.toml"
-    path.write_text(body + TINY_FIXED.format(epochs=epochs) + fixed, encoding="utf-8")
+    text = body + TINY_FIXED + ("" if epochs is None else f"epochs = {epochs}\n") + fixed
+    path.write_text(text, encoding="utf-8")
     return path
 
 
@@ -178,7 +179,8 @@ lr = 1e-7
     assert bad["state"] == "PRUNED" and bad["params"]["lr"] == 1e-7 and "pruned after epoch 1" in bad["reason"]
     run = Path(bad["run_dir"])
     record = json.loads((run / "trial.json").read_text())
-    assert record["state"] == "PRUNED" and record["value"] is None and "pruned after epoch 1" in record["reason"]
+    assert record["state"] == "PRUNED" and "pruned after epoch 1" in record["reason"]
+    assert record["value"] == bad["value"] < good["value"]  # the value it was pruned with
     assert len((run / "history.csv").read_text().strip().splitlines()) == 2  # header + the one epoch it ran
     assert not (run / "model.safetensors").exists() and not (run / "summary.json").exists()
     assert result["best"]["number"] == 0
@@ -242,15 +244,27 @@ def _wait_for(predicate, proc, seconds: float, what: str):
     pytest.fail(f"timed out waiting for {what}")
 
 
-def test_kill_9_loses_only_the_running_trial_and_a_rerun_continues(tmp_path):
-    spec = write_spec(tmp_path, """
+# Trial 1 is the long one (enqueued with 60 epochs), so it is surely still running when it is interrupted.
+LONG_SECOND_TRIAL = """
 recipe = "mlp"
 trials = 3
 report = false
 pruner = "none"
 [space]
-lr = { log = [1e-3, 1e-2] }
-""", epochs=4, fixed="hidden = [16]\n")
+epochs = { choice = [1, 60] }
+[[enqueue]]
+epochs = 1
+[[enqueue]]
+epochs = 60
+[[enqueue]]
+epochs = 1
+[[enqueue]]
+epochs = 1
+"""
+
+
+def test_kill_9_loses_only_the_running_trial_and_a_rerun_continues(tmp_path):
+    spec = write_spec(tmp_path, LONG_SECOND_TRIAL, epochs=None, fixed="hidden = [16]\n")
     out = tmp_path / "sweep"
     proc = subprocess.Popen(_sweep_cmd(spec, out), stderr=subprocess.PIPE, text=True)
     second = out / "trials" / "trial-0001" / "history.csv"  # trial 1 has finished an epoch: it is running
@@ -351,3 +365,19 @@ lr = { log = [1e-3, 1e-2] }
             record = json.loads((run / "trial.json").read_text())
             assert record["state"] == "COMPLETE" and record["study"] == "shared"
             assert trials[record["number"]]["run_dir"] == str(run)
+
+
+def test_ctrl_c_fails_the_running_trial_with_its_checkpoint_and_says_how_to_continue(tmp_path):
+    spec = write_spec(tmp_path, LONG_SECOND_TRIAL, epochs=None, fixed="hidden = [16]\n")
+    out = tmp_path / "sweep"
+    proc = subprocess.Popen(_sweep_cmd(spec, out), stderr=subprocess.PIPE, text=True)
+    _wait_for((out / "trials" / "trial-0001" / "history.csv").is_file, proc, 120, "trial 1 to start")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "rerun the same command to continue" in err
+    trials = {t["number"]: t for t in trials_of(out)}
+    assert trials[0]["state"] == "COMPLETE" and set(trials) == {0, 1}
+    assert trials[1]["state"] == "FAIL" and "interrupted" in trials[1]["reason"]
+    run = Path(trials[1]["run_dir"])
+    assert (run / "checkpoint.safetensors").is_file()  # fit() saved it on the way out
+    assert json.loads((run / "trial.json").read_text())["state"] == "FAIL"

@@ -388,7 +388,7 @@ class _EpochReporter:
     """fit()'s per-step callback: after each epoch, report the metric and stop the trial if the pruner says so."""
 
     def __init__(self, trial, metric: str):
-        self.trial, self.metric, self.reported = trial, metric, 0
+        self.trial, self.metric, self.reported, self.last = trial, metric, 0, None
 
     def __call__(self, state, model) -> None:
         if len(state.history) > self.reported:  # an epoch ended since the last step
@@ -398,7 +398,8 @@ class _EpochReporter:
         import optuna
 
         for row in history[self.reported:]:
-            self.trial.report(row[self.metric], step=row["epoch"])
+            self.last = row[self.metric]
+            self.trial.report(self.last, step=row["epoch"])
         self.reported = len(history)
         if prune and self.trial.should_prune():
             last = history[-1]
@@ -424,9 +425,9 @@ def make_objective(spec: Spec, out_dir: Path, fixed: dict, data_dir=None, quiet:
         try:
             result = train_recipe(spec.recipe, {**fixed, **params}, out_dir=run_dir, data_dir=data_dir,
                                   quiet=True, callback=reporter, report=spec.report)
-        except optuna.TrialPruned as exc:
+        except optuna.TrialPruned as exc:  # Optuna records the last reported value as the trial's value
             trial.set_user_attr("reason", str(exc))
-            _finish_trial(run_dir, record, "PRUNED", None, str(exc), t0, quiet)
+            _finish_trial(run_dir, record, "PRUNED", reporter.last, str(exc), t0, quiet)
             raise
         except DigitlabError as exc:  # diverged loss (TrainingError), impossible combination (ConfigError)
             trial.set_user_attr(COUNTED_ERROR, str(exc))
@@ -454,7 +455,7 @@ def _finish_trial(run_dir: Path, record: dict, state: str, value, reason, t0: fl
         atomic_write_text(run_dir / TRIAL_FILE, json.dumps(
             {**record, "state": state, "value": value, "reason": reason, "seconds": seconds}, indent=2) + "\n")
     if not quiet:
-        what = f"value {value:.4f}" if value is not None else reason
+        what = reason or f"value {value:.4f}"
         print(f"trial {record['number']}: {state} {what} ({_params_text(record['params'])}; {seconds:.1f} s)",
               file=sys.stderr)
 
@@ -586,6 +587,8 @@ def _write_sweep_file(out_dir: Path, spec: Spec, storage: str | None) -> None:
 def trial_rows(study) -> list[dict]:
     rows = []
     for t in study.get_trials(deepcopy=False):
+        if t.state.name == "WAITING":  # enqueued, not started: not a trial yet
+            continue
         attrs = t.user_attrs
         reason = attrs.get(COUNTED_ERROR) or attrs.get("reason") or attrs.get("interrupted")
         if t.state.name == "FAIL" and reason is None:
