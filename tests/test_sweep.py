@@ -73,6 +73,26 @@ dataset = "mnist"
     assert spec.param("shift").grid() == [0, 1, 2]
 
 
+def test_space_kinds_become_the_matching_optuna_distributions(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('recipe = "mlp"\n[space]\nlr = { log = [1e-4, 1e-1] }\ndropout = { float = [0.0, 0.5] }\n'
+                    'shift = { int = [0, 2] }\nhidden = { choice = [[128], [512, 256]] }\n'
+                    'optimizer = { choice = ["adam", "sgd"] }\n', encoding="utf-8")
+    spec = load_spec(path)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(5):
+        trial = study.ask()
+        values = {p.name: p.suggest(trial) for p in spec.space}
+        d = trial.distributions
+        assert d["lr"].log and (d["lr"].low, d["lr"].high) == (1e-4, 1e-1)
+        assert not d["dropout"].log and (d["dropout"].low, d["dropout"].high) == (0.0, 0.5)
+        assert isinstance(d["shift"], optuna.distributions.IntDistribution) and (d["shift"].low, d["shift"].high) == (0, 2)
+        assert d["hidden"].choices == ("[128]", "[512, 256]") and values["hidden"] in ([128], [512, 256])
+        assert d["optimizer"].choices == ("adam", "sgd") and values["optimizer"] in ("adam", "sgd")
+        assert 1e-4 <= values["lr"] <= 1e-1 and 0 <= values["dropout"] <= 0.5 and values["shift"] in (0, 1, 2)
+        study.tell(trial, 0.0)
+
+
 @pytest.mark.parametrize("body, words", [
     ('recipe = "mlp"\nbogus = 1\n[space]\nlr = { log = [1e-3, 1e-1] }\n', ["unknown key", "bogus"]),
     ('[space]\nlr = { log = [1e-3, 1e-1] }\n', ["no base recipe"]),

@@ -80,14 +80,12 @@ class Param:
         return self.choices()
 
     def suggest(self, trial):
-        lo, hi = (self.values + (None, None))[:2]
-        if self.kind == "log":
-            return trial.suggest_float(self.name, lo, hi, log=True)
-        if self.kind == "float":
-            return trial.suggest_float(self.name, lo, hi)
+        if self.kind == "choice":
+            return self.decode(trial.suggest_categorical(self.name, self.choices()))
+        lo, hi = self.values
         if self.kind == "int":
             return trial.suggest_int(self.name, lo, hi)
-        return self.decode(trial.suggest_categorical(self.name, self.choices()))
+        return trial.suggest_float(self.name, lo, hi, log=self.kind == "log")
 
     def decode(self, raw):
         return json.loads(raw) if self.encoded else raw
