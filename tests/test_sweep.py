@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,15 +29,16 @@ from digitlab.train import train_recipe  # noqa: E402
 TINY_FIXED = """
 [fixed]
 dataset = "mnist-sample"
-epochs = {epochs}
 shift = 0
 batch_size = 200
 """
 
 
-def write_spec(folder: Path, body: str, epochs: int = 2, fixed: str = "") -> Path:
+def write_spec(folder: Path, body: str, epochs: int | None = 2, fixed: str = "") -> Path:
+    """body + [fixed] for a tiny model on mnist-sample (+ `fixed` lines; epochs=None: the space sets it)."""
     path = folder / "spec.toml"
-    path.write_text(body + TINY_FIXED.format(epochs=epochs) + fixed, encoding="utf-8")
+    text = body + TINY_FIXED + ("" if epochs is None else f"epochs = {epochs}\n") + fixed
+    path.write_text(text, encoding="utf-8")
     return path
 
 
@@ -67,6 +71,26 @@ dataset = "mnist"
     hidden = spec.param("hidden")  # list choices travel through Optuna as JSON strings and come back as lists
     assert hidden.choices() == ["[128]", "[256]", "[512, 256]"] and hidden.decode("[512, 256]") == [512, 256]
     assert spec.param("shift").grid() == [0, 1, 2]
+
+
+def test_space_kinds_become_the_matching_optuna_distributions(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('recipe = "mlp"\n[space]\nlr = { log = [1e-4, 1e-1] }\ndropout = { float = [0.0, 0.5] }\n'
+                    'shift = { int = [0, 2] }\nhidden = { choice = [[128], [512, 256]] }\n'
+                    'optimizer = { choice = ["adam", "sgd"] }\n', encoding="utf-8")
+    spec = load_spec(path)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(5):
+        trial = study.ask()
+        values = {p.name: p.suggest(trial) for p in spec.space}
+        d = trial.distributions
+        assert d["lr"].log and (d["lr"].low, d["lr"].high) == (1e-4, 1e-1)
+        assert not d["dropout"].log and (d["dropout"].low, d["dropout"].high) == (0.0, 0.5)
+        assert isinstance(d["shift"], optuna.distributions.IntDistribution) and (d["shift"].low, d["shift"].high) == (0, 2)
+        assert d["hidden"].choices == ("[128]", "[512, 256]") and values["hidden"] in ([128], [512, 256])
+        assert d["optimizer"].choices == ("adam", "sgd") and values["optimizer"] in ("adam", "sgd")
+        assert 1e-4 <= values["lr"] <= 1e-1 and 0 <= values["dropout"] <= 0.5 and values["shift"] in (0, 1, 2)
+        study.tell(trial, 0.0)
 
 
 @pytest.mark.parametrize("body, words", [
@@ -138,6 +162,9 @@ hidden = { choice = [[16], [24, 12]] }
         assert json.loads((run / "trial.json").read_text())["state"] == "COMPLETE"
     best = max(trials, key=lambda t: t["value"])
     assert result["best"]["number"] == best["number"]
+    assert result["plots"] == [str(out / "history.png"), str(out / "importances.png")]
+    for plot in result["plots"]:
+        assert Path(plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # --status reads the same study back
     assert main(["sweep", "--status", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == trials
@@ -147,11 +174,9 @@ hidden = { choice = [[16], [24, 12]] }
     # best.toml is a ready recipe: training it again gives the best trial's model, bit for bit
     again = train_recipe(result["best_recipe"], out_dir=tmp_path / "again", report=False)
     assert again.val_accuracy == best["value"] and again.test_accuracy == best["test_accuracy"]
-    # rerunning the finished sweep runs nothing more; asking for more trials continues the same study
+    # rerunning the finished sweep runs nothing more
     assert main(["sweep", str(spec), "--out", str(out), "--quiet"]) == 0
-    assert len(trials_of(out)) == 3
-    assert main(["sweep", str(spec), "--out", str(out), "--trials", "4", "--quiet"]) == 0
-    assert [t["number"] for t in trials_of(out)] == [0, 1, 2, 3]
+    assert trials_of(out) == trials
 
 
 def test_a_clearly_worse_trial_is_pruned_and_its_folder_says_so(tmp_path):
@@ -174,7 +199,8 @@ lr = 1e-7
     assert bad["state"] == "PRUNED" and bad["params"]["lr"] == 1e-7 and "pruned after epoch 1" in bad["reason"]
     run = Path(bad["run_dir"])
     record = json.loads((run / "trial.json").read_text())
-    assert record["state"] == "PRUNED" and record["value"] is None and "pruned after epoch 1" in record["reason"]
+    assert record["state"] == "PRUNED" and "pruned after epoch 1" in record["reason"]
+    assert record["value"] == bad["value"] < good["value"]  # the value it was pruned with
     assert len((run / "history.csv").read_text().strip().splitlines()) == 2  # header + the one epoch it ran
     assert not (run / "model.safetensors").exists() and not (run / "summary.json").exists()
     assert result["best"]["number"] == 0
@@ -217,9 +243,12 @@ lr = { log = [1e-3, 1e-2] }
     for t in trials:
         assert json.loads((Path(t["run_dir"]) / "config.json").read_text())["threads"] == expected
     assert sorted(p.name for p in (out / "trials").iterdir()) == sorted(Path(t["run_dir"]).name for t in trials)
+    # asking for more trials continues the same study (in this process: one worker)
+    more = run_sweep(spec, out, n_trials=len(trials) + 1)["trials"]
+    assert more[:-1] == trials and more[-1]["number"] == len(trials) and more[-1]["state"] == "COMPLETE"
 
 
-def _sweep_cmd(spec: Path, out: Path, *extra: str) -> list[str]:
+def _sweep_cmd(spec, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "digitlab", "sweep", str(spec), "--out", str(out), "--quiet", *extra]
 
 
@@ -235,15 +264,27 @@ def _wait_for(predicate, proc, seconds: float, what: str):
     pytest.fail(f"timed out waiting for {what}")
 
 
-def test_kill_9_loses_only_the_running_trial_and_a_rerun_continues(tmp_path):
-    spec = write_spec(tmp_path, """
+# Trial 1 is the long one (enqueued with 60 epochs), so it is surely still running when it is interrupted.
+LONG_SECOND_TRIAL = """
 recipe = "mlp"
 trials = 3
 report = false
 pruner = "none"
 [space]
-lr = { log = [1e-3, 1e-2] }
-""", epochs=4, fixed="hidden = [16]\n")
+epochs = { choice = [1, 60] }
+[[enqueue]]
+epochs = 1
+[[enqueue]]
+epochs = 60
+[[enqueue]]
+epochs = 1
+[[enqueue]]
+epochs = 1
+"""
+
+
+def test_kill_9_loses_only_the_running_trial_and_a_rerun_continues(tmp_path):
+    spec = write_spec(tmp_path, LONG_SECOND_TRIAL, epochs=None, fixed="hidden = [16]\n")
     out = tmp_path / "sweep"
     proc = subprocess.Popen(_sweep_cmd(spec, out), stderr=subprocess.PIPE, text=True)
     second = out / "trials" / "trial-0001" / "history.csv"  # trial 1 has finished an epoch: it is running
@@ -258,3 +299,105 @@ lr = { log = [1e-3, 1e-2] }
     assert after[0] == before[0]  # the finished trial is kept as it was
     assert after[1]["state"] == "FAIL" and "interrupted" in after[1]["reason"]
     assert sorted(n for n, t in after.items() if t["state"] == "COMPLETE") == [0, 2, 3]  # 3 trials, as asked
+
+
+# ------------------------------------------------------------------------------------------------ PostgreSQL
+def _postgres_bin() -> Path | None:
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    return versions[-1].parent if versions else None
+
+
+@pytest.fixture
+def postgres_url():
+    """A throw-away PostgreSQL server on a free loopback port (Debian's `postgresql` package), as the
+    `postgres` user when the tests run as root."""
+    pytest.importorskip("psycopg", reason="no PostgreSQL driver (pip install 'psycopg[binary]')")
+    bindir = _postgres_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install -y postgresql; `make test` does that as root)")
+    as_user = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without runuser: cannot start PostgreSQL as the postgres user")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    folder = Path(tempfile.mkdtemp(prefix="digitlab-pg-"))  # not under pytest's 0700 root-only tmp
+    data = folder / "data"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    if as_user:
+        shutil.chown(folder, "postgres")
+
+    def pg(*args):
+        return subprocess.run(as_user + [str(bindir / args[0]), *args[1:]], capture_output=True, text=True,
+                              timeout=120)
+
+    try:
+        init = pg("initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+        if init.returncode != 0:
+            pytest.skip(f"initdb failed: {init.stderr.strip().splitlines()[-1:]}")
+        options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        start = pg("pg_ctl", "-D", str(data), "-o", options, "-l", str(folder / "server.log"), "-w", "-t", "60", "start")
+        if start.returncode != 0:
+            log = (folder / "server.log").read_text(errors="replace") if (folder / "server.log").exists() else ""
+            pytest.skip(f"the PostgreSQL server did not start: {(log or start.stderr).strip().splitlines()[-1:]}")
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        if (data / "postmaster.pid").exists():
+            pg("pg_ctl", "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_two_machines_share_one_study_in_postgresql(tmp_path, postgres_url):
+    body = """
+recipe = "mlp"
+study = "shared"
+trials = 6
+report = false
+pruner = "none"
+[space]
+lr = { log = [1e-3, 1e-2] }
+"""
+    machines = [tmp_path / "machine-a", tmp_path / "machine-b"]
+    procs = []
+    for folder in machines:  # each worker as if on its own machine: own folder, own copy of the spec
+        folder.mkdir()
+        spec = write_spec(folder, body, epochs=3, fixed="hidden = [16]\n")
+        procs.append(subprocess.Popen(_sweep_cmd(spec.name, Path("sweep"), "--storage", postgres_url), cwd=folder,
+                                      stderr=subprocess.PIPE, text=True))
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    trials = sweep_status(machines[0] / "sweep", storage=postgres_url)["trials"]
+    assert sweep_status(machines[1] / "sweep", storage=postgres_url)["trials"] == trials
+    assert 6 <= len(trials) <= 7  # one worker may start a 7th trial in the instant before the 6th is counted
+    assert [t["number"] for t in trials] == list(range(len(trials)))
+    assert {t["state"] for t in trials} == {"COMPLETE"}
+    runs = [Path(t["run_dir"]) for t in trials]
+    assert len(set(runs)) == len(runs)  # no trial duplicated
+    for folder in machines:  # both machines worked, and every run folder on disk belongs to exactly one trial
+        on_disk = sorted((folder / "sweep" / "trials").resolve().iterdir())
+        assert on_disk and on_disk == sorted(r for r in runs if r.parent == on_disk[0].parent)
+        for run in on_disk:
+            record = json.loads((run / "trial.json").read_text())
+            assert record["state"] == "COMPLETE" and record["study"] == "shared"
+            assert trials[record["number"]]["run_dir"] == str(run)
+
+
+def test_ctrl_c_fails_the_running_trial_with_its_checkpoint_and_says_how_to_continue(tmp_path):
+    spec = write_spec(tmp_path, LONG_SECOND_TRIAL, epochs=None, fixed="hidden = [16]\n")
+    out = tmp_path / "sweep"
+    proc = subprocess.Popen(_sweep_cmd(spec, out), stderr=subprocess.PIPE, text=True)
+    _wait_for((out / "trials" / "trial-0001" / "history.csv").is_file, proc, 120, "trial 1 to start")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "rerun the same command to continue" in err
+    trials = {t["number"]: t for t in trials_of(out)}
+    assert trials[0]["state"] == "COMPLETE" and set(trials) == {0, 1}
+    assert trials[1]["state"] == "FAIL" and "interrupted" in trials[1]["reason"]
+    run = Path(trials[1]["run_dir"])
+    assert (run / "checkpoint.safetensors").is_file()  # fit() saved it on the way out
+    assert json.loads((run / "trial.json").read_text())["state"] == "FAIL"

@@ -32,6 +32,7 @@ import os
 import socket
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ TRIAL_FILE = "trial.json"  # in each trial's run folder: the trial's state as th
 # failed by the next worker that starts a trial (optuna.storages.RDBStorage(heartbeat_interval, grace_period)).
 HEARTBEAT_S = 20
 GRACE_S = 120
+SCHEMA_RETRIES = 5
 COUNTED_ERROR = "error"  # user attr set when a trial itself failed; only such FAILs count towards `trials`
 
 
@@ -78,14 +80,12 @@ class Param:
         return self.choices()
 
     def suggest(self, trial):
-        lo, hi = (self.values + (None, None))[:2]
-        if self.kind == "log":
-            return trial.suggest_float(self.name, lo, hi, log=True)
-        if self.kind == "float":
-            return trial.suggest_float(self.name, lo, hi)
+        if self.kind == "choice":
+            return self.decode(trial.suggest_categorical(self.name, self.choices()))
+        lo, hi = self.values
         if self.kind == "int":
             return trial.suggest_int(self.name, lo, hi)
-        return self.decode(trial.suggest_categorical(self.name, self.choices()))
+        return trial.suggest_float(self.name, lo, hi, log=self.kind == "log")
 
     def decode(self, raw):
         return json.loads(raw) if self.encoded else raw
@@ -254,11 +254,22 @@ def open_storage(out_dir: Path, url: str | None):
 
         out_dir.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(str(out_dir / JOURNAL)))
-    try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                                          engine_kwargs={"pool_pre_ping": True})
-    except Exception as exc:  # sqlalchemy: bad URL, no driver, server unreachable, auth failure, ...
-        raise ConfigError(f"cannot open the study storage {_safe_url(url)}: {_first_line(exc)}") from None
+    import sqlalchemy.exc
+
+    for attempt in range(SCHEMA_RETRIES):
+        try:
+            with warnings.catch_warnings():  # heartbeat_interval is "experimental" since Optuna 2.x
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                                                  engine_kwargs={"pool_pre_ping": True})
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+            # workers starting together on a fresh database race to create Optuna's tables; the loser
+            # finds them made on its next try
+            if attempt == SCHEMA_RETRIES - 1:
+                raise ConfigError(f"cannot open the study storage {_safe_url(url)}: {_first_line(exc)}") from None
+            time.sleep(0.5 * (attempt + 1))
+        except Exception as exc:  # sqlalchemy: bad URL, no driver, server unreachable, auth failure, ...
+            raise ConfigError(f"cannot open the study storage {_safe_url(url)}: {_first_line(exc)}") from None
 
 
 def _safe_url(url: str) -> str:
@@ -375,7 +386,7 @@ class _EpochReporter:
     """fit()'s per-step callback: after each epoch, report the metric and stop the trial if the pruner says so."""
 
     def __init__(self, trial, metric: str):
-        self.trial, self.metric, self.reported = trial, metric, 0
+        self.trial, self.metric, self.reported, self.last = trial, metric, 0, None
 
     def __call__(self, state, model) -> None:
         if len(state.history) > self.reported:  # an epoch ended since the last step
@@ -385,7 +396,8 @@ class _EpochReporter:
         import optuna
 
         for row in history[self.reported:]:
-            self.trial.report(row[self.metric], step=row["epoch"])
+            self.last = row[self.metric]
+            self.trial.report(self.last, step=row["epoch"])
         self.reported = len(history)
         if prune and self.trial.should_prune():
             last = history[-1]
@@ -411,9 +423,9 @@ def make_objective(spec: Spec, out_dir: Path, fixed: dict, data_dir=None, quiet:
         try:
             result = train_recipe(spec.recipe, {**fixed, **params}, out_dir=run_dir, data_dir=data_dir,
                                   quiet=True, callback=reporter, report=spec.report)
-        except optuna.TrialPruned as exc:
+        except optuna.TrialPruned as exc:  # Optuna records the last reported value as the trial's value
             trial.set_user_attr("reason", str(exc))
-            _finish_trial(run_dir, record, "PRUNED", None, str(exc), t0, quiet)
+            _finish_trial(run_dir, record, "PRUNED", reporter.last, str(exc), t0, quiet)
             raise
         except DigitlabError as exc:  # diverged loss (TrainingError), impossible combination (ConfigError)
             trial.set_user_attr(COUNTED_ERROR, str(exc))
@@ -441,7 +453,7 @@ def _finish_trial(run_dir: Path, record: dict, state: str, value, reason, t0: fl
         atomic_write_text(run_dir / TRIAL_FILE, json.dumps(
             {**record, "state": state, "value": value, "reason": reason, "seconds": seconds}, indent=2) + "\n")
     if not quiet:
-        what = f"value {value:.4f}" if value is not None else reason
+        what = reason or f"value {value:.4f}"
         print(f"trial {record['number']}: {state} {what} ({_params_text(record['params'])}; {seconds:.1f} s)",
               file=sys.stderr)
 
@@ -549,6 +561,7 @@ def run_sweep(spec: Spec, out_dir, n_trials: int | None = None, workers: int = 1
                                 f"continue the study")
     result = summarize(study, out_dir, spec)
     write_best_recipe(result, spec, fixed, out_dir)
+    result["plots"] = [str(p) for p in write_sweep_plots(study, result, out_dir)]
     return result
 
 
@@ -572,6 +585,8 @@ def _write_sweep_file(out_dir: Path, spec: Spec, storage: str | None) -> None:
 def trial_rows(study) -> list[dict]:
     rows = []
     for t in study.get_trials(deepcopy=False):
+        if t.state.name == "WAITING":  # enqueued, not started: not a trial yet
+            continue
         attrs = t.user_attrs
         reason = attrs.get(COUNTED_ERROR) or attrs.get("reason") or attrs.get("interrupted")
         if t.state.name == "FAIL" and reason is None:
@@ -658,4 +673,55 @@ def write_best_recipe(result: dict, spec: Spec, fixed: dict, out_dir: Path) -> P
     path = out_dir / "best.toml"
     atomic_write_text(path, f"# written by digitlab sweep from {best['run_dir']}\n" + tomli_w.dumps(values))
     result["best_recipe"] = str(path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ plots
+def write_sweep_plots(study, result: dict, out_dir: Path) -> list[Path]:
+    """history.png (each finished trial's value and the best so far) and importances.png (Optuna's fANOVA
+    parameter importances, when at least two trials finished)."""
+    from matplotlib.figure import Figure
+
+    done = [r for r in result["trials"] if r["state"] == "COMPLETE"]
+    if not done:
+        return []
+    written = []
+    fig = Figure(figsize=(7, 4), dpi=100)
+    ax = fig.add_subplot()
+    numbers = [r["number"] for r in done]
+    values = [r["value"] for r in done]
+    best = (max if result["direction"] == "maximize" else min)
+    running = [best(values[:i + 1]) for i in range(len(values))]
+    ax.scatter(numbers, values, s=14, label="trial")
+    ax.step(numbers, running, where="post", color="C1", label="best so far")
+    ax.set(xlabel="trial", ylabel=result["metric"], title=f"sweep {result['study']}")
+    ax.legend(loc="lower right" if result["direction"] == "maximize" else "upper right")
+    written.append(_save_png(fig, out_dir / "history.png"))
+    if len(done) >= 2 and len({json.dumps(r["params"], sort_keys=True) for r in done}) >= 2:
+        import optuna
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            importances = optuna.importance.get_param_importances(study)
+        fig = Figure(figsize=(6, 1 + 0.4 * len(importances)), dpi=100)
+        ax = fig.add_subplot()
+        names = list(importances)[::-1]
+        ax.barh(names, [importances[n] for n in names])
+        ax.set(xlabel=f"importance for {result['metric']} (fANOVA)", title=f"sweep {result['study']}")
+        fig.tight_layout()
+        written.append(_save_png(fig, out_dir / "importances.png"))
+    return written
+
+
+def _save_png(fig, path: Path) -> Path:
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from digitlab.fsutil import atomic_write_bytes
+
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    atomic_write_bytes(path, buffer.getvalue())
     return path

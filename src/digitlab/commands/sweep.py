@@ -38,6 +38,9 @@ def register(subparsers) -> None:
 
 def cmd_sweep(args) -> int:
     try:
+        import optuna  # noqa: F401  (the extra: optuna, tomli-w, a PostgreSQL driver)
+        import tomli_w  # noqa: F401
+
         from digitlab import sweep
     except ModuleNotFoundError as exc:
         print(f"digitlab: error: sweeps need Optuna ({exc}); install it with: pip install 'digitlab[sweep]'",
