@@ -18,10 +18,10 @@ def run_json(capsys, *argv):
     return code, json.loads(out)
 
 
-def test_recipes_lists_all_six(capsys):
+def test_recipes_lists_every_recipe(capsys):
     code, rows = run_json(capsys, "recipes")
     assert code == 0
-    assert [r["name"] for r in rows] == ["mlp", "seed-000-softmax", "seed-001-softmax",
+    assert [r["name"] for r in rows] == ["cnn", "mlp", "seed-000-softmax", "seed-001-softmax",
                                          "seed-002-mlp-sigmoid-mse", "seed-003-ovr-logistic", "seed-004-mlp-relu"]
     assert main(["recipes"]) == 0
     text = capsys.readouterr().out
