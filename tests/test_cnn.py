@@ -211,3 +211,21 @@ def test_gradcheck_cli_works_for_the_cnn_recipe(capsys):
 
     assert main(["gradcheck", "--recipe", "cnn", "--samples", "2"]) == 0
     assert "cnn: max relative error" in capsys.readouterr().out
+
+
+def test_a_cnn_resumes_bit_identically_with_its_batchnorm_statistics(tmp_path):
+    from digitlab.train import TrainingInterrupted
+
+    straight = train_recipe("cnn", TINY_CNN, out_dir=tmp_path / "a", quiet=True, report=False)
+
+    def stop(state, model):
+        if state.step == 200:                            # mid-epoch 2 (157 steps per epoch)
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted):
+        train_recipe("cnn", TINY_CNN, out_dir=tmp_path / "b", quiet=True, report=False, callback=stop)
+    resumed = train_recipe(None, out_dir=tmp_path / "b", quiet=True, resume=True, report=False)
+    state = straight.model.net.state_dict()
+    assert "1.running_mean" in state
+    for k, v in resumed.model.net.state_dict().items():
+        np.testing.assert_array_equal(state[k], v, err_msg=k)

@@ -13,11 +13,12 @@
 
 File format (format 1): a safetensors file whose tensors are the weights and buffers "{i}.{name}" of layer i
 ("1.W", "1.b", "3.running_mean", ...) and whose metadata holds one key, "digitlab", a JSON header with format,
-digitlab_version, architecture (Sequential.spec()), loss, normalization, class_names, input_shape (one
-image, e.g. [28, 28]), dtype and whatever the trainer adds (recipe, dataset, dataset_checksums, seed, metrics, ...). Loading rebuilds the
-network from the header alone and never executes code. Files written before Flatten existed start with a
-Linear layer taking 784 values: such a network takes flattened images (the Classifier reshapes for it). Extra tensors (e.g. optimizer state in a
-checkpoint) can ride along via `save(..., extra_tensors=...)` and come back from `read_model_file`.
+digitlab_version, architecture (Sequential.spec()), loss, normalization, class_names, input_shape (one image,
+e.g. [28, 28]), dtype and whatever the trainer adds (recipe, dataset, dataset_checksums, seed, metrics, ...).
+Loading rebuilds the network from the header alone and never executes code. Files written before Flatten
+existed start with a Linear layer taking 784 values: such a network takes flattened images (the Classifier
+reshapes for it). Extra tensors (e.g. optimizer state in a checkpoint) can ride along via
+`save(..., extra_tensors=...)` and come back from `read_model_file`.
 """
 
 from __future__ import annotations
