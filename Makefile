@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 # System packages the full suite uses: Debian's chromium (browser tests) and Fashion-MNIST (a system data dir).
 SYSTEM_PACKAGES := chromium dataset-fashion-mnist
 
-.PHONY: demo test bench system-deps clean
+.PHONY: demo test bench mutants system-deps clean
 
 $(VENV)/.base: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ bench: $(VENV)/.dev
 	$(PIP) install -e '.[bench]'
 	$(PY) bench/load_mnist.py
 	$(PY) bench/vs_torch.py
+
+# Realistic one-line bugs, each applied to a temporary copy of src/ and run against the fast tests that must
+# catch it (scripts/mutants.py; --list shows the table). Fails if any survives or a snippet no longer matches.
+mutants: $(VENV)/.dev
+	$(PY) scripts/mutants.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .hypothesis
