@@ -26,8 +26,8 @@ STEPS = 6
 # Linear softmax model from zero weights, full batch (one step per epoch), float64: every quantity is exact up
 # to rounding, and the state after each step is what the callback sees.
 LINEAR = {"dataset": "mnist-sample", "hidden": (), "init": ("zeros",), "batch_size": 0, "epochs": STEPS,
-          "dtype": "float64", "normalization": "unit", "dropout": 0.0, "shift": 0, "val_size": 0, "seed": 0, "schedule": "constant",
-          "warmup_steps": 0}
+          "dtype": "float64", "normalization": "unit", "dropout": 0.0, "shift": 0, "val_size": 0, "seed": 0,
+          "schedule": "constant", "warmup_steps": 0}
 
 
 def _trajectory(tmp_path, overrides, name="run"):
