@@ -32,7 +32,7 @@ from digitlab.nn.losses import get_loss
 
 FORMAT_VERSION = 1
 HEADER_KEY = "digitlab"
-NORMALIZATIONS = ("unit", "raw", "standard")
+NORMALIZATIONS = ("unit", "raw", "standard", "none")  # "none": tabular features as given (digitlab.sklearn)
 
 
 def _digitlab_version() -> str:
