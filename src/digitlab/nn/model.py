@@ -192,6 +192,13 @@ class Classifier:
     def __repr__(self) -> str:
         return f"Classifier({self.net!r}, loss={self.loss.name!r}, normalization={self.normalization!r})"
 
+    # -- export ---------------------------------------------------------------------------------------
+    def to_onnx(self, path) -> Path:
+        """Write this model as ONNX (uint8 images in, probabilities out); see digitlab.export_onnx."""
+        from digitlab.export_onnx import export_onnx
+
+        return export_onnx(self, path)
+
 
 # -- loading ------------------------------------------------------------------------------------------
 
