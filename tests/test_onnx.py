@@ -123,3 +123,10 @@ def test_onnxruntime_matches_digitlab_on_full_mnist_test(name, extra, tmp_path, 
     model = _train(name, extra, tmp_path, data_dir=mnist_dir)
     images, _ = load("mnist", split="test", data_dir=mnist_dir)  # all 10,000
     assert_runtime_agrees(model, model.to_onnx(tmp_path / "model.onnx"), images)
+
+
+@pytest.mark.slow
+def test_onnxruntime_matches_fully_trained_default_model(trained_mlp, mnist_dir, tmp_path):
+    images, _ = load("mnist", split="test", data_dir=mnist_dir)
+    model = trained_mlp.model
+    assert_runtime_agrees(model, model.to_onnx(tmp_path / "mlp.onnx"), images)
