@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
-# System packages the full suite uses: Debian's chromium (browser tests) and Fashion-MNIST (a system data dir).
-SYSTEM_PACKAGES := chromium dataset-fashion-mnist
+# System packages the full suite uses: Debian's chromium (browser tests), Fashion-MNIST (a system data dir) and
+# PostgreSQL (the multi-machine sweep test starts its own server).
+SYSTEM_PACKAGES := chromium dataset-fashion-mnist postgresql
 
 .PHONY: demo test bench system-deps clean
 

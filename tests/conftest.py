@@ -1,7 +1,13 @@
-"""Fixtures shared by the whole suite."""
+"""Fixtures shared by the whole suite.
+
+`mnist_dir` is the full MNIST beside the repo (tests that need it skip without it); `sample_model` is a tiny
+model trained in seconds on the bundled mnist-sample, for tests that need *a* trained model but not a good one.
+DIGITLAB_TEST_NO_MNIST=1 makes `mnist_dir` skip as if ../shared were absent (to count what still runs).
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -19,6 +25,8 @@ MNIST_FILES = (
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     """The full canonical MNIST beside the repo (../shared/data/mnist); skips when it is absent."""
+    if os.environ.get("DIGITLAB_TEST_NO_MNIST"):
+        pytest.skip("DIGITLAB_TEST_NO_MNIST is set: behaving as if full MNIST were absent")
     missing = [f for f in MNIST_FILES if not (SHARED_MNIST / f).is_file()]
     if missing:
         pytest.skip(f"full MNIST not found in {SHARED_MNIST} (missing {', '.join(missing)})")
@@ -40,3 +48,17 @@ def trained_mlp(tmp_path_factory, mnist_dir):
 
     out = tmp_path_factory.mktemp("run-mlp")
     return train_recipe("mlp", out_dir=out / "run", data_dir=mnist_dir, quiet=True)
+
+
+# The recipe of `sample_model`: big enough to recognise most sample digits (~90 % test), small enough for ~2 s.
+SAMPLE_RECIPE = {"dataset": "mnist-sample", "hidden": (32,), "epochs": 2, "batch_size": 100, "dropout": 0.0,
+                 "shift": 0, "optimizer": "adam", "lr": 0.003, "schedule": "constant", "seed": 0}
+
+
+@pytest.fixture(scope="session")
+def sample_model(tmp_path_factory):
+    """A tiny `mlp` run on the bundled mnist-sample (with its report), for tests that need any trained model."""
+    from digitlab.train import train_recipe
+
+    out = tmp_path_factory.mktemp("run-sample")
+    return train_recipe("mlp", overrides=SAMPLE_RECIPE, out_dir=out / "run", quiet=True)

@@ -212,3 +212,147 @@ def test_adam_with_zero_learning_rate_keeps_parameters_but_counts_the_step():
 def test_folding_the_learning_rate_into_the_gradient_gives_the_same_step():
     g = np.array([0.5, -1.0])
     np.testing.assert_allclose(run(SGD(), [0.1 * g], lr=1.0), run(SGD(), [g], lr=0.1), rtol=1e-15)
+
+
+# ------------------------------------------------------------------------------------------ one-cycle
+def _onecycle_formula(k, lr, total, pct=0.3, div=25.0, final_div=1e4):
+    """PyTorch OneCycleLR (cos), written out: phase ends at pct*total - 1 and total - 1."""
+    start, low = lr / div, lr / div / final_div
+    up = pct * total - 1
+    if k <= up:
+        a, b, frac = start, lr, k / up
+    else:
+        a, b, frac = lr, low, (k - up) / (total - 1 - up)
+    return b + (a - b) * (1 + math.cos(math.pi * frac)) / 2
+
+
+@pytest.mark.parametrize("total,pct", [(100, 0.3), (20, 0.25), (235, 0.2), (8, 0.5)])
+def test_onecycle_learning_rate_at_each_step(total, pct):
+    s = make_schedule("onecycle", 0.01, total, pct_start=pct)
+    assert s(0) == pytest.approx(0.01 / 25, rel=1e-12)  # starts at lr / div
+    peak = round(pct * total) - 1
+    assert s(peak) == pytest.approx(0.01, rel=1e-12)  # reaches lr at step pct*total - 1, not one later
+    assert s(peak + 1) < 0.01 and s(peak - 1) < 0.01
+    assert s(total - 1) == pytest.approx(0.01 / 25 / 1e4, rel=1e-9)  # lr / (div * final_div) at the LAST step
+    assert s(total - 2) > s(total - 1) and s(total + 5) == s(total - 1)
+    for k in range(total):
+        assert s(k) == pytest.approx(_onecycle_formula(k, 0.01, total, pct), rel=1e-12)
+
+
+def test_onecycle_with_a_fractional_phase_end():
+    s = make_schedule("onecycle", 1.0, 7, pct_start=0.5)  # phase boundary at step 2.5, as PyTorch
+    assert [s(k) for k in range(7)] == pytest.approx([_onecycle_formula(k, 1.0, 7, 0.5) for k in range(7)])
+    assert s(2) < 1.0 and s(3) < 1.0 and s(2) > s(1)
+
+
+def test_onecycle_matches_torch_when_installed():
+    torch = pytest.importorskip("torch")
+    for total in (10, 47):
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.SGD([p], lr=0.05)
+        ref = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=total, cycle_momentum=False)
+        ours = make_schedule("onecycle", 0.05, total)
+        for k in range(total):
+            assert ours(k) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12)
+            opt.step()
+            ref.step()
+
+
+def test_onecycle_bad_options_are_config_errors():
+    for kwargs in ({"pct_start": 0.0}, {"pct_start": 1.0}, {"div": 0.0}, {"final_div": -1.0}):
+        with pytest.raises(ConfigError, match="onecycle"):
+            make_schedule("onecycle", 0.1, 100, **kwargs)
+    with pytest.raises(ConfigError, match="total_steps"):
+        make_schedule("onecycle", 0.1, 1)
+
+
+def test_recipe_onecycle_reaches_the_optimizer_step_by_step(tmp_path, monkeypatch):
+    """train_recipe passes schedule(step) for step 0, 1, ... to the optimizer (an off-by-one fails)."""
+    from digitlab.nn.optim import Optimizer
+    from digitlab.train import train_recipe
+
+    seen = []
+    real = Optimizer.step
+    monkeypatch.setattr(Optimizer, "step", lambda self, p, g, lr: (seen.append(lr), real(self, p, g, lr))[1])
+    train_recipe("mlp", {"dataset": "mnist-sample", "hidden": (8,), "steps": 10, "batch_size": 1000,
+                         "optimizer": "adam", "lr": 0.02, "schedule": "onecycle", "shift": 0},
+                 out_dir=tmp_path / "run", quiet=True, report=False)
+    want = make_schedule("onecycle", 0.02, 10)
+    assert seen == [want(k) for k in range(10)]
+
+
+def test_onecycle_beta1_is_the_inverse_cycle():
+    from digitlab.nn.optim import onecycle_beta1
+
+    b = onecycle_beta1(20, pct_start=0.25)
+    assert b(0) == pytest.approx(0.95) and b(4) == pytest.approx(0.85) and b(19) == pytest.approx(0.95)
+    assert b(3) > 0.85 and b(5) > 0.85 and b(18) < 0.95
+    with pytest.raises(ConfigError, match="low <= high"):
+        onecycle_beta1(20, low=0.96)
+
+
+def test_adam_with_cycled_beta1_matches_torch_onecycle():
+    """PyTorch's OneCycleLR cycles Adam's beta1 by default (cycle_momentum=True overrides the betas given)."""
+    torch = pytest.importorskip("torch")
+    from digitlab.nn.optim import onecycle_beta1
+
+    total, rng = 12, np.random.default_rng(0)
+    w0 = rng.standard_normal((3, 4))
+    grads = [rng.standard_normal((3, 4)) for _ in range(total)]
+    p = torch.nn.Parameter(torch.tensor(w0))
+    opt = torch.optim.Adam([p], lr=0.01, betas=(0.7, 0.9))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.01, total_steps=total)
+    ours, w = Adam(beta2=0.9, beta1_schedule=onecycle_beta1(total)), w0.copy()
+    lr = make_schedule("onecycle", 0.01, total)
+    for k, g in enumerate(grads):
+        p.grad = torch.tensor(g)
+        opt.step()
+        sched.step()
+        ours.step([w], [g], lr(k))
+    np.testing.assert_allclose(w, p.detach().numpy(), rtol=1e-12, atol=1e-14)
+    plain = Adam(beta1=0.95, beta2=0.9)
+    w2 = w0.copy()
+    for k, g in enumerate(grads):
+        plain.step([w2], [g], lr(k))
+    assert np.abs(w2 - w).max() > 1e-6  # the cycle matters
+
+
+def test_adam_cycled_beta1_resumes_from_its_state_dict():
+    from digitlab.nn.optim import onecycle_beta1
+
+    rng = np.random.default_rng(1)
+    grads = [rng.standard_normal(5) for _ in range(10)]
+    a, wa = Adam(beta1_schedule=onecycle_beta1(10)), np.zeros(5)
+    for g in grads:
+        a.step([wa], [g], 0.01)
+    b, wb = Adam(beta1_schedule=onecycle_beta1(10)), np.zeros(5)
+    for g in grads[:6]:
+        b.step([wb], [g], 0.01)
+    c = Adam(beta1_schedule=onecycle_beta1(10))
+    c.load_state_dict(b.state_dict())
+    for g in grads[6:]:
+        c.step([wb], [g], 0.01)
+    np.testing.assert_array_equal(wa, wb)
+
+
+def test_recipe_cycle_beta1_follows_the_whole_run(tmp_path, monkeypatch):
+    """cycle_beta1 through train_recipe: Adam's beta1 at step k is onecycle_beta1(total steps of the run)(k)."""
+    from digitlab.nn.optim import onecycle_beta1
+    from digitlab.train import train_recipe
+
+    seen = []
+    real = Adam.step
+
+    def spy(self, params, grads, lr):
+        real(self, params, grads, lr)
+        seen.append(self._b1)
+
+    monkeypatch.setattr(Adam, "step", spy)
+    recipe = {"dataset": "mnist-sample", "hidden": (8,), "steps": 15, "batch_size": 1000, "optimizer": "adam",
+              "lr": 0.02, "schedule": "onecycle", "shift": 0, "cycle_beta1": True}
+    train_recipe("mlp", recipe, out_dir=tmp_path / "run", quiet=True, report=False)
+    want = onecycle_beta1(15)
+    assert seen == [want(k) for k in range(15)]
+    seen.clear()
+    train_recipe("mlp", {**recipe, "cycle_beta1": False}, out_dir=tmp_path / "plain", quiet=True, report=False)
+    assert seen == [0.9] * 15

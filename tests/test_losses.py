@@ -155,3 +155,55 @@ def test_any_finite_logits_give_finite_nonnegative_loss(z, data):
         assert np.all(np.isfinite(grad))
         if name == "softmax_ce":
             np.testing.assert_allclose(grad.sum(axis=1), 0.0, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------ label smoothing
+@pytest.mark.parametrize("eps", [0.05, 0.1, 0.4])
+@pytest.mark.parametrize("n,c", [(1, 2), (7, 10), (16, 3)])
+def test_label_smoothing_gradient_matches_central_differences(eps, n, c):
+    rng = np.random.default_rng(n * 10 + c)
+    scores = rng.standard_normal((n, c)) * 3
+    labels = rng.integers(0, c, size=n)
+    assert check_loss(get_loss("softmax_ce", label_smoothing=eps), scores, labels) < 1e-6
+
+
+def test_label_smoothing_value_and_gradient_against_the_smoothed_targets():
+    rng = np.random.default_rng(2)
+    z, y, eps = rng.standard_normal((5, 4)) * 2, np.array([0, 3, 1, 1, 2]), 0.2
+    q = (1 - eps) * onehot(y, 4) + eps / 4  # PyTorch's CrossEntropyLoss(label_smoothing=0.2) targets
+    p = softmax64(z)
+    value, grad = get_loss("softmax_ce", label_smoothing=eps)(z.copy(), y)
+    assert value == pytest.approx(-(q * np.log(p)).sum() / 5, rel=1e-12)
+    np.testing.assert_allclose(grad, (p - q) / 5, atol=1e-15)
+    plain, _ = get_loss("softmax_ce")(z.copy(), y)
+    assert plain == pytest.approx(-np.log(p[np.arange(5), y]).mean(), rel=1e-12) and plain != value
+    grad32 = get_loss("softmax_ce", label_smoothing=eps)(z.astype(np.float32), y, out=None)[1]
+    assert grad32.dtype == np.float32
+    np.testing.assert_allclose(grad32, (p - q) / 5, atol=1e-6)
+
+
+def test_label_smoothing_options_are_checked():
+    assert get_loss("softmax_ce", label_smoothing=0.0) is get_loss("softmax_ce")
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ConfigError, match="label_smoothing"):
+            get_loss("softmax_ce", label_smoothing=bad)
+    for name in ("softmax_mse", "sigmoid_bce"):
+        with pytest.raises(ConfigError, match="label smoothing needs loss softmax_ce"):
+            get_loss(name, label_smoothing=0.1)
+
+
+# ------------------------------------------------------------------------------------------ label range
+@pytest.mark.parametrize("name,smoothing", [(n, 0.0) for n in NAMES] + [("softmax_ce", 0.1)])
+@pytest.mark.parametrize("bad", [3, -1, 200])
+def test_out_of_range_labels_are_refused_by_every_loss(name, bad, smoothing):
+    z = np.zeros((4, 3))
+    labels = np.array([0, 1, bad, 2])
+    with pytest.raises(ValueError, match=r"labels must be class indices 0\.\.2"):
+        get_loss(name, label_smoothing=smoothing)(z, labels)
+    for dtype in (np.int8, np.int32, np.uint8, np.int64):  # -1 must not wrap into range in any width
+        if np.iinfo(dtype).min <= bad <= np.iinfo(dtype).max:
+            with pytest.raises(ValueError, match="class indices"):
+                get_loss(name)(z, labels.astype(dtype))
+    with pytest.raises(ValueError, match="class indices"):
+        get_loss(name)(z, np.array([0.0, 1.0, 2.0, 1.0]))  # float labels are not indices
+    get_loss(name)(z, np.array([0, 1, 2, 2]))  # the last class itself is fine

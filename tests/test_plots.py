@@ -2,8 +2,9 @@
 
     .venv/bin/python -m pytest tests/test_plots.py -q
 
-The figure tests use real models trained on full MNIST: the session's `trained_mlp` and a one-epoch softmax
-regression (a linear model, for the weight templates). Each PNG is decoded with Pillow and checked for its
+The figure tests use real models trained on the bundled mnist-sample (they need a trained model, not full
+MNIST): the session's `sample_model` (an MLP) and a one-epoch softmax regression (a linear model, for the weight
+templates). Each PNG is decoded with Pillow and checked for its
 documented pixel size and for real content (many colours, not one flat fill).
 """
 
@@ -154,31 +155,32 @@ def test_cli_curves_errors_name_the_folder(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------ real models
 @pytest.fixture(scope="module")
-def softmax_run(tmp_path_factory, mnist_dir):
-    """A linear model (softmax regression, one epoch on full MNIST) and its run folder."""
+def softmax_run(tmp_path_factory):
+    """A linear model (softmax regression, one epoch on mnist-sample) and its run folder."""
     from digitlab.train import train_recipe
 
     out = tmp_path_factory.mktemp("run-softmax")
-    return train_recipe("seed-001-softmax", overrides={"epochs": 1}, out_dir=out, data_dir=mnist_dir, quiet=True)
+    return train_recipe("seed-001-softmax", overrides={"epochs": 1, "dataset": "mnist-sample"}, out_dir=out,
+                        quiet=True)
 
 
 @pytest.fixture(scope="module")
-def mnist_test(mnist_dir):
+def mnist_test():
     import digitlab.data
 
-    return digitlab.data.load("mnist", split="test", data_dir=mnist_dir)
+    return digitlab.data.load("mnist-sample", split="test")
 
 
-def test_cli_curves_json(trained_mlp, tmp_path, capsys):
+def test_cli_curves_json(sample_model, tmp_path, capsys):
     out = tmp_path / "curves.png"
-    code, stdout, _ = run_cli(capsys, "plot", "curves", str(trained_mlp.model_path.parent), "--out", str(out), "--json")
+    code, stdout, _ = run_cli(capsys, "plot", "curves", str(sample_model.model_path.parent), "--out", str(out), "--json")
     assert code == 0
     result = json.loads(stdout)
     assert result == {"path": str(out), "width": 1000, "height": 400}
     assert_png(out, "curves")
 
 
-def test_cli_weights_linear_templates_and_mlp_units(softmax_run, trained_mlp, tmp_path, capsys):
+def test_cli_weights_linear_templates_and_mlp_units(softmax_run, sample_model, tmp_path, capsys):
     code, stdout, _ = run_cli(capsys, "plot", "weights", str(softmax_run.model_path), "--out",
                               str(tmp_path / "w.png"), "--json")
     assert code == 0 and json.loads(stdout)["width"] == plots.FIGURE_PIXELS["weights"][0]
@@ -188,21 +190,21 @@ def test_cli_weights_linear_templates_and_mlp_units(softmax_run, trained_mlp, tm
     r, b = templates[..., 0].astype(int), templates[..., 2].astype(int)
     assert ((r - b) > 80).sum() > 500 and ((b - r) > 80).sum() > 500
 
-    code, stdout, _ = run_cli(capsys, "plot", "weights", str(trained_mlp.model_path), "--out",
+    code, stdout, _ = run_cli(capsys, "plot", "weights", str(sample_model.model_path), "--out",
                               str(tmp_path / "u.png"), "--json")
     assert code == 0 and (json.loads(stdout)["width"], json.loads(stdout)["height"]) == plots.FIGURE_PIXELS["units"]
     assert_png(tmp_path / "u.png", "units")
 
 
-def test_cli_confusion_counts_match_a_direct_computation(trained_mlp, mnist_dir, mnist_test, tmp_path, capsys):
+def test_cli_confusion_counts_match_a_direct_computation(sample_model, mnist_test, tmp_path, capsys):
     out = tmp_path / "conf.png"
-    code, stdout, _ = run_cli(capsys, "plot", "confusion", str(trained_mlp.model_path), "--data-dir",
-                              str(mnist_dir), "--out", str(out), "--json")
+    code, stdout, _ = run_cli(capsys, "plot", "confusion", str(sample_model.model_path), "--out", str(out),
+                              "--json")
     assert code == 0 and json.loads(stdout)["path"] == str(out)
     assert_png(out, "confusion")
 
     images, labels = mnist_test
-    predicted = trained_mlp.model.predict(images)
+    predicted = sample_model.model.predict(images)
     counts = plots.confusion_matrix(labels, predicted, 10)
     direct = np.zeros((10, 10), dtype=np.int64)
     for (t, p), k in collections.Counter(zip(labels.tolist(), predicted.tolist())).items():
@@ -212,28 +214,27 @@ def test_cli_confusion_counts_match_a_direct_computation(trained_mlp, mnist_dir,
     assert np.trace(counts) / len(labels) == pytest.approx(float((predicted == labels).mean()))
 
 
-def test_cli_mistakes_are_real_mistakes(trained_mlp, mnist_dir, mnist_test, tmp_path, capsys):
+def test_cli_mistakes_are_real_mistakes(sample_model, mnist_test, tmp_path, capsys):
     out = tmp_path / "m.png"
-    code, stdout, _ = run_cli(capsys, "plot", "mistakes", str(trained_mlp.model_path), "--n", "16", "--data-dir",
-                              str(mnist_dir), "--out", str(out), "--json")
+    code, stdout, _ = run_cli(capsys, "plot", "mistakes", str(sample_model.model_path), "--n", "16", "--out",
+                              str(out), "--json")
     assert code == 0
     assert_png(out, "mistakes")
     images, labels = mnist_test
-    proba = trained_mlp.model.predict_proba(images)
+    proba = sample_model.model.predict_proba(images)
     index = plots.confident_mistakes(proba, labels, 16)
     predicted = proba.argmax(axis=1)
     assert len(index) == 16 and (predicted[index] != labels[index]).all()
     assert (np.diff(proba[index, predicted[index]]) <= 0).all()
 
 
-def test_cli_samples(mnist_dir, tmp_path, capsys, monkeypatch):
+def test_cli_samples(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, stdout, _ = run_cli(capsys, "plot", "samples", "mnist", "--per-class", "8", "--data-dir", str(mnist_dir),
-                              "--json")
+    code, stdout, _ = run_cli(capsys, "plot", "samples", "mnist-sample", "--per-class", "8", "--json")
     assert code == 0
     result = json.loads(stdout)
-    assert Path(result["path"]).name == "samples-mnist.png"
-    assert_png(tmp_path / "samples-mnist.png", "samples")
+    assert Path(result["path"]).name == "samples-mnist-sample.png"
+    assert_png(tmp_path / "samples-mnist-sample.png", "samples")
 
 
 def test_cli_model_that_is_not_a_model(tmp_path, capsys):
@@ -281,8 +282,8 @@ def test_run_report_refuses_mismatched_test_data(softmax_run, mnist_test, tmp_pa
     assert not list(tmp_path.iterdir())
 
 
-def test_run_report_written_by_training(trained_mlp):
-    run_dir = trained_mlp.model_path.parent
+def test_run_report_written_by_training(sample_model):
+    run_dir = sample_model.model_path.parent
     text = (run_dir / "report.md").read_text()
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
         assert (run_dir / link).is_file()

@@ -20,6 +20,7 @@ from digitlab.train import (
     Plan,
     TrainingInterrupted,
     evaluate,
+    prepare_data,
     train_recipe,
 )
 from digitlab.recipes import load_recipe
@@ -155,10 +156,19 @@ def test_history_csv_and_run_folder(tmp_path):
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert [int(r["step"]) for r in rows] == [45, 90]  # 9,000 training images / 200 per batch
     for row, mem in zip(rows, result.history):
-        assert float(row["train_loss"]) == mem["train_loss"]
-        assert 0.0 <= float(row["val_accuracy"]) <= 1.0 and 0.0 <= float(row["test_accuracy"]) <= 1.0
+        for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy", "lr"):
+            assert float(row[key]) == mem[key], key
     assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])
-    assert float(rows[1]["lr"]) < 0.003  # cosine decays
+    # lr of each epoch's last step: cosine from 0.003 over 90 steps, at steps 44 and 89
+    assert [float(r["lr"]) for r in rows] == pytest.approx([0.0015 * (1 + math.cos(math.pi * s / 90))
+                                                            for s in (44, 89)], rel=1e-12)
+    # the last row's val/test figures are the final model's, on the run's own validation and test images
+    data = prepare_data(result.recipe)
+    for split in ("val", "test"):
+        part = getattr(data, split)
+        measured = evaluate(result.model, part.images, part.labels)
+        assert float(rows[1][f"{split}_accuracy"]) == measured["accuracy"]
+        assert float(rows[1][f"{split}_loss"]) == pytest.approx(measured["loss"], rel=1e-6)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["test_accuracy"] == result.test_accuracy and summary["epochs"] == 2
     config = json.loads((run / "config.json").read_text())
@@ -171,13 +181,16 @@ def test_history_csv_and_run_folder(tmp_path):
 
 def test_model_file_metadata_and_reload(tmp_path):
     import digitlab
+    import digitlab.data
 
     result = _train(tmp_path, "meta", epochs=1)
     model = digitlab.load(result.model_path)
     meta = model.metadata
     assert meta["recipe"] == "mlp" and meta["seed"] == 7 and meta["dataset"] == "mnist-sample"
     assert set(meta["dataset_checksums"]) and meta["normalization"] == "unit"
-    assert meta["metrics"]["test_accuracy"] == result.test_accuracy
+    # the recorded figure is what the saved model scores on the sample's 2,000 test digits
+    images, labels = digitlab.data.load("mnist-sample", split="test")
+    assert meta["metrics"]["test_accuracy"] == evaluate(model, images, labels)["accuracy"]
     assert "checkpoint" not in meta
     images = np.zeros((3, 28, 28), np.uint8)
     np.testing.assert_array_equal(model.predict_proba(images), result.model.predict_proba(images))

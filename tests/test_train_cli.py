@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from digitlab.cli import main
@@ -31,7 +32,12 @@ def test_train_then_evaluate_json(tmp_path, capsys):
     out = tmp_path / "run"
     code, result = run_json(capsys, "train", *SMALL, "--shift", "2", "--dropout", "0.1", "--out", str(out))
     assert code == 0
-    assert 0.5 < result["test_accuracy"] <= 1.0
+    import digitlab
+    from digitlab.train import evaluate
+
+    images, labels = digitlab.data.load("mnist-sample", split="test")
+    expected = evaluate(digitlab.load(out / "model.safetensors"), images, labels)
+    assert result["test_accuracy"] == expected["accuracy"] and result["test_accuracy"] > 0.5
     assert len(result["epoch_seconds"]) == 1
     assert result["model_path"] == str(out / "model.safetensors")
     config = json.loads((out / "config.json").read_text())
@@ -40,17 +46,62 @@ def test_train_then_evaluate_json(tmp_path, capsys):
     code, ev = run_json(capsys, "evaluate", result["model_path"], "--dataset", "mnist-sample")
     assert code == 0
     assert ev["accuracy"] == pytest.approx(result["test_accuracy"])
-    assert len(ev["per_class"]) == 10 and ev["loss"] > 0 and ev["n"] == 2000
+    assert ev["loss"] == pytest.approx(expected["loss"]) and ev["per_class"] == pytest.approx(expected["per_class"])
+    assert ev["n"] == 2000
     code, ev_dir = run_json(capsys, "evaluate", str(out), "--dataset", "mnist-sample", "--split", "train")
     assert ev_dir["split"] == "train" and ev_dir["n"] == 10_000
 
 
-def test_train_resume_from_cli(tmp_path, capsys):
+def _weights(path):
+    import digitlab
+
+    return digitlab.load(path).net.state_dict()
+
+
+@pytest.mark.parametrize("stop_step", [100, 200], ids=["mid-epoch-1", "mid-epoch-2"])
+def test_ctrl_c_then_resume_from_cli_equals_an_uninterrupted_run(tmp_path, capsys, monkeypatch, stop_step):
+    import signal
+
+    import digitlab.train
+
+    two_epochs = [*SMALL, "--epochs", "2", "--seed", "3"]  # 157 steps per epoch (10,000 / 64)
+    code, straight = run_json(capsys, "train", *two_epochs, "--out", str(tmp_path / "straight"))
+    assert code == 0 and straight["steps"] == 314
+
+    real = digitlab.train.train_recipe
+
+    def press_ctrl_c(state, model):
+        if state.step == stop_step:
+            signal.raise_signal(signal.SIGINT)
+
+    def with_ctrl_c(*args, **kwargs):
+        return real(*args, **{**kwargs, "callback": press_ctrl_c})
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(digitlab.train, "train_recipe", with_ctrl_c)
+    assert main(["train", *two_epochs, "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert f"step {stop_step}" in err and f"resume with: digitlab train --resume {out}" in err
+    assert not (out / "model.safetensors").exists()
+    monkeypatch.setattr(digitlab.train, "train_recipe", real)
+
+    code, resumed = run_json(capsys, "train", "--resume", str(out))
+    assert code == 0 and resumed["steps"] == 314 and resumed["epochs"] == 2
+    assert resumed["test_accuracy"] == straight["test_accuracy"]
+    assert resumed["train_loss"] == straight["train_loss"]
+    a, b = _weights(straight["model_path"]), _weights(resumed["model_path"])
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_resume_of_a_finished_run_changes_nothing(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", *SMALL, "--out", str(out)]) == 0
     assert "test accuracy" in capsys.readouterr().out
+    before = _weights(out / "model.safetensors")
     code, result = run_json(capsys, "train", "--resume", str(out))  # already finished: nothing left to do
     assert code == 0 and len(result["epoch_seconds"]) == 1
+    after = _weights(out / "model.safetensors")
+    assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
 def test_bad_flags_are_one_line_errors(tmp_path, capsys):

@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "digitlab.commands.predict",
     "digitlab.commands.plot",
     "digitlab.commands.serve",
+    "digitlab.commands.sweep",
     "digitlab.commands.export",
 )
 

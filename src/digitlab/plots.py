@@ -6,9 +6,10 @@
     plots.plot_confusion(model, images, labels, "confusion.png")      # counts + row-normalised
     plots.plot_mistakes(model, images, labels, "mistakes.png", n=36)  # most confident mistakes
     plots.plot_samples(images, labels, "samples.png", per_class=10)   # a grid of examples per class
+    plots.plot_augment(images, "augment.png", rotate=12, scale=0.1, translate=2)  # originals | augmented copies
     plots.write_run_report("runs/mlp", model, test_images, test_labels)  # all of the above + report.md
 
-or from the shell: `digitlab plot {curves,weights,confusion,mistakes,samples} ...` (see `digitlab.commands.plot`).
+or from the shell: `digitlab plot {curves,weights,confusion,mistakes,samples,augment} ...` (see `digitlab.commands.plot`).
 
 Every figure has a fixed pixel size (`FIGURE_PIXELS`, at `DPI`), whatever the data, so a figure can be
 checked and laid out without opening it. Figures are `matplotlib.figure.Figure` objects rendered with the
@@ -40,6 +41,7 @@ FIGURE_PIXELS = {
     "confusion": (1200, 560),
     "mistakes": (1000, 1000),
     "samples": (800, 800),
+    "augment": (900, 900),
 }
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
 SIDE = 28  # MNIST images are SIDE x SIDE pixels
@@ -382,6 +384,38 @@ def plot_samples(images, labels, out, per_class: int = 10, class_names: list[str
     ax.tick_params(axis="y", length=0, labelsize=10)
     fig.suptitle(title or f"{per_class} examples per class")
     return _save(fig, "samples", out)
+
+
+def augment_grid(images, copies: int = 5, seed: int = 0, **augmentation) -> np.ndarray:
+    """(N, 1 + copies, 28, 28) float32 pixels: each image followed by `copies` augmented versions of it, made by
+    the training pipeline itself (`batches` with the recipe's shift / rotate / scale / translate keywords)."""
+    from digitlab.data.dataset import batches
+
+    if copies < 1:
+        raise DigitlabError(f"--copies must be at least 1, got {copies}")
+    x = np.asarray(images)
+    if x.ndim != 3 or x.shape[1:] != (SIDE, SIDE) or x.dtype != np.uint8:
+        raise DataError(f"expected uint8 images of shape (N, 28, 28), got {x.dtype} {x.shape}")
+    repeated = np.repeat(x, copies, axis=0)  # (N*copies, 28, 28)
+    moved, _ = next(batches(repeated, np.zeros(len(repeated), np.int64), len(repeated), order="sequential",
+                            rng=np.random.default_rng(seed), scheme="raw", **augmentation))  # (N*copies, 784)
+    grid = np.empty((len(x), 1 + copies, SIDE, SIDE), dtype=np.float32)
+    grid[:, 0] = x
+    grid[:, 1:] = moved.reshape(len(x), copies, SIDE, SIDE)
+    return grid
+
+
+def plot_augment(images, out, copies: int = 5, seed: int = 0, title: str = "", **augmentation) -> Plot:
+    """A grid: one row per image, the original on the left, `copies` augmented versions to its right."""
+    grid = augment_grid(images, copies, seed, **augmentation)  # (N, 1 + copies, 28, 28)
+    fig = _figure("augment")
+    ax = fig.add_axes((0.01, 0.01, 0.98, 0.92))
+    ax.imshow(_montage(grid.reshape(-1, SIDE, SIDE), 1 + copies, 2, 0, 0.0), cmap="gray_r",
+              interpolation="nearest", vmin=0, vmax=255)
+    _bare(ax)
+    settings = ", ".join(f"{k} {v:g}" for k, v in augmentation.items() if v) or "no augmentation"
+    fig.suptitle(title or f"original | {copies} augmented copies ({settings})")
+    return _save(fig, "augment", out)
 
 
 # --------------------------------------------------------------------------------------------- report

@@ -41,8 +41,9 @@ from digitlab.data.dataset import (
 from digitlab.errors import ConfigError, TrainingError
 from digitlab.fsutil import atomic_write_text
 from digitlab.nn.layers import Dropout
+from digitlab.nn.losses import get_loss
 from digitlab.nn.model import Classifier, build_mlp, read_model_file
-from digitlab.nn.optim import SGD, Adam, make_schedule
+from digitlab.nn.optim import SGD, Adam, make_schedule, onecycle_beta1
 from digitlab.recipes import Recipe, load_recipe, make_recipe, recipe_names
 
 HISTORY_COLUMNS = ("epoch", "step", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
@@ -111,9 +112,10 @@ def build_model(recipe: Recipe, n_classes: int, class_names, rngs: dict) -> Clas
     return Classifier(net, recipe.loss, recipe.normalization, class_names)
 
 
-def build_optimizer(recipe: Recipe):
-    if recipe.optimizer == "adam":
-        return Adam(weight_decay=recipe.weight_decay)
+def build_optimizer(recipe: Recipe, total_steps: int = 0):
+    if recipe.optimizer == "adam":  # cycle_beta1: beta1 follows onecycle_beta1 over the run's total_steps
+        cycle = onecycle_beta1(total_steps) if recipe.cycle_beta1 else None
+        return Adam(weight_decay=recipe.weight_decay, beta1_schedule=cycle)
     momentum = recipe.momentum if recipe.optimizer in ("momentum", "nesterov") else 0.0
     return SGD(momentum=momentum, nesterov=recipe.optimizer == "nesterov", weight_decay=recipe.weight_decay)
 
@@ -146,7 +148,7 @@ def _epoch_batches(recipe: Recipe, plan: Plan, train: Split, full_x, epoch: int,
         return iter([(full_x, train.labels.astype(np.int64))])
     return batches(train.images, train.labels, plan.batch_size, order=recipe.order, rng=rng,
                    scheme=recipe.normalization, dtype=np.dtype(recipe.dtype), steps=plan.steps_in(epoch),
-                   shift=recipe.shift)
+                   shift=recipe.shift, rotate=recipe.rotate, scale=recipe.scale, translate=recipe.translate)
 
 
 # ------------------------------------------------------------------------------------------------ state
@@ -187,10 +189,12 @@ def fit(model: Classifier, optimizer, data: RunData, recipe: Recipe, state: Trai
     """
     from tqdm.auto import tqdm
 
-    net, loss_fn, plan = model.net, model.loss, Plan.of(recipe, len(data.train.labels))
+    net, plan = model.net, Plan.of(recipe, len(data.train.labels))
+    loss_fn = get_loss(recipe.loss, recipe.label_smoothing)  # the model's loss, smoothed for training
     schedule = _schedule(recipe, plan)
     fold_lr = optimizer.folds_lr
-    one_batch = plan.per_epoch == 1 and not recipe.shift  # full batch, nothing to augment: normalise once
+    augmenting = recipe.shift or recipe.rotate or recipe.scale or recipe.translate
+    one_batch = plan.per_epoch == 1 and not augmenting  # full batch, nothing to augment: normalise once
     full_x = normalize(data.train.images, recipe.normalization, recipe.dtype) if one_batch else None
     bar = tqdm(total=plan.total, initial=state.step, unit="step", leave=False, desc=recipe.name,
                disable=quiet or not sys.stderr.isatty())
@@ -438,7 +442,7 @@ def train_recipe(name, overrides: dict | None = None, out_dir=None, data_dir=Non
     data = prepare_data(recipe, data_dir, quiet=quiet)
     rngs = _rngs(recipe.seed)
     model = build_model(recipe, len(data.class_names), data.class_names, rngs)
-    optimizer = build_optimizer(recipe)
+    optimizer = build_optimizer(recipe, Plan.of(recipe, len(data.train.labels)).total)
     if resume:
         ckpt = run_dir / CHECKPOINT
         if not ckpt.is_file():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any
 
@@ -12,19 +13,29 @@ def add_json_flag(parser) -> None:
 
 
 def emit(args, result: Any, text: str | None = None) -> None:
-    """Print `result` as JSON when `--json` was given, else the human `text` (if any)."""
+    """Print `result` as JSON when `--json` was given, else the human `text` (if any).
+
+    NaN and ±inf (a diverged model's loss) become null: bare `NaN` is not JSON and breaks every strict parser.
+    """
     if getattr(args, "json", False):
-        json.dump(result, sys.stdout, indent=2, default=_json_default)
+        json.dump(_plain(result), sys.stdout, indent=2, allow_nan=False, default=str)
         sys.stdout.write("\n")
     elif text is not None:
         print(text)
 
 
-def _json_default(obj):
+def _plain(obj):
+    """`obj` with NumPy scalars/arrays as Python values and non-finite floats as None, ready for strict JSON."""
     import numpy as np
 
-    if isinstance(obj, np.generic):
-        return obj.item()
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)
+        return _plain(obj.tolist())
+    if isinstance(obj, np.generic):
+        return _plain(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

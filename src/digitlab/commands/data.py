@@ -120,6 +120,9 @@ def cmd_verify(args) -> int:
         state = "ok" if f["ok"] else f"FAILED: {f['problem']}"
         lines.append(f"  {Path(f['path']).name}: {state}")
     lines.append("all checksums match" if report["ok"] else "checksum verification FAILED")
+    if not report["ok"] and report["name"] and args.data_dir is None:
+        lines.append(f"repair: `digitlab data fetch {report['name']}` replaces the bad files with verified copies "
+                     "from a mirror")
     emit(args, report, "\n".join(lines))
     return 0 if report["ok"] else 1
 

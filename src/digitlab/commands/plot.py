@@ -5,6 +5,8 @@
     digitlab plot confusion runs/mlp/model.safetensors --split test
     digitlab plot mistakes runs/mlp/model.safetensors --n 36 --out mistakes.png
     digitlab plot samples mnist --per-class 10             # -> ./samples-mnist.png
+    digitlab plot augment mnist --recipe cnn               # -> ./augment-mnist.png (the recipe's augmentation)
+    digitlab plot augment mnist --rotate 12 --scale 0.1 --translate 2
     digitlab plot curves runs/mlp --json                   # {"path": ..., "width": ..., "height": ...}
 
 Model plots are written next to the model (its run folder) unless `--out` says otherwise; figures of the
@@ -19,13 +21,17 @@ from pathlib import Path
 from digitlab.commands._common import add_json_flag, emit
 
 SPLITS = ("train", "test", "all")  # as digitlab.data.load
+# `plot augment` flags: recipe field, type, help; defaults when no --recipe is given (issue 9's example)
+AUGMENT_FLAGS = (("shift", int, "whole-pixel shift, pixels"), ("rotate", float, "rotation, degrees"),
+                 ("scale", float, "zoom, fraction"), ("translate", float, "sub-pixel translation, pixels"))
+AUGMENT_DEFAULTS = {"shift": 0, "rotate": 12.0, "scale": 0.1, "translate": 2.0}
 DATA_DIR_HELP = "folder holding the data set files (default: digitlab's usual lookup and cache)"
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "plot",
-        help="draw learning curves, weights, confusion matrices, mistakes or samples as PNG",
+        help="draw learning curves, weights, confusion matrices, mistakes, samples or augmentation as PNG",
         description="Draw a PNG figure of a run, a model or a data set.",
     )
     kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
@@ -70,6 +76,24 @@ def register(subparsers) -> None:
     s.add_argument("--data-dir", type=Path, default=None, metavar="DIR", help=DATA_DIR_HELP)
     _add_out(s, "./samples-DATASET.png")
     s.set_defaults(func=cmd_samples)
+
+    a = kinds.add_parser("augment", help="originals next to augmented copies, as training sees them",
+                         description="A grid: the first images of a split, each followed by copies augmented "
+                                     "exactly as training does (shift, then rotate/scale/translate).")
+    a.add_argument("dataset", metavar="DATASET", type=str, help="data set name: mnist, fashion-mnist, mnist-sample")
+    a.add_argument("--recipe", type=str, default=None,
+                   help="take the augmentation from this recipe (name or .toml); flags below override it")
+    for name, kind, text in AUGMENT_FLAGS:
+        a.add_argument(f"--{name}", type=kind, default=None, help=f"{text} (default: {AUGMENT_DEFAULTS[name]:g}, "
+                                                                  f"or the recipe's)")
+    a.add_argument("--n", type=int, default=8, help="how many originals (rows) to show (default: 8)")
+    a.add_argument("--copies", type=int, default=5, help="augmented copies per original (default: 5)")
+    a.add_argument("--seed", type=int, default=0, help="seed of the augmentation draws (default: 0)")
+    a.add_argument("--split", type=str, default="train", choices=SPLITS,
+                   help="which split to draw from (default: train)")
+    a.add_argument("--data-dir", type=Path, default=None, metavar="DIR", help=DATA_DIR_HELP)
+    _add_out(a, "./augment-DATASET.png")
+    a.set_defaults(func=cmd_augment)
 
 
 def _add_out(parser, default_text: str) -> None:
@@ -173,3 +197,24 @@ def cmd_samples(args) -> int:
     plot = plots.plot_samples(images, labels, out, per_class=args.per_class, class_names=names,
                               title=f"{args.dataset} ({args.split}): {args.per_class} examples per class")
     return _report(args, plot)
+
+
+def cmd_augment(args) -> int:
+    from digitlab import plots
+    from digitlab.augment import check_limits
+    from digitlab.errors import ConfigError
+    from digitlab.recipes import load_recipe
+
+    for flag in ("n", "copies"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    given = {name: getattr(args, name) for name, _, _ in AUGMENT_FLAGS if getattr(args, name) is not None}
+    base = ({name: getattr(load_recipe(args.recipe), name) for name in AUGMENT_DEFAULTS} if args.recipe
+            else AUGMENT_DEFAULTS)
+    settings = {**base, **given}
+    check_limits(settings["rotate"], settings["scale"], settings["translate"])
+    if not 0 <= settings["shift"] < 14:
+        raise ConfigError(f"--shift must be 0..13 pixels, got {settings['shift']}")
+    images, _, _ = _load_split(args.dataset, args.split, args.data_dir)
+    out = args.out or Path(f"augment-{args.dataset}.png")
+    return _report(args, plots.plot_augment(images[: args.n], out, copies=args.copies, seed=args.seed, **settings))

@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from digitlab.augment import check_limits, random_affine
 from digitlab.errors import ConfigError, DataError
 
 __all__ = [
@@ -293,6 +294,9 @@ def batches(
     steps: int | None = None,
     drop_last: bool = False,
     shift: int = 0,
+    rotate: float = 0.0,
+    scale: float = 0.0,
+    translate: float = 0.0,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (x float [B, 784] in `scheme`, y int64 [B]) mini-batches.
 
@@ -302,6 +306,10 @@ def batches(
     flattened once as a view and each batch is one `np.take` plus one scaling into float.
     shift > 0: data augmentation, each image of a batch moved by its own random offset of up to `shift`
     pixels in each direction (see `random_shift`), drawn from `rng` after the batch's indices.
+    rotate / scale / translate > 0: random affine augmentation (`digitlab.augment.random_affine`), each image
+    turned by up to +-rotate degrees, zoomed by 1 +- scale and moved by up to +-translate pixels (sub-pixel,
+    bilinear), applied to the 0..255 pixels after `shift` and before normalising (so the background stays the
+    normalised 0 pixel); its 4 numbers per image are drawn from `rng` after the shift's. All zero: no draws.
     """
     x = np.asarray(images)
     n = len(x)
@@ -324,13 +332,16 @@ def batches(
         raise ConfigError("order='replacement' needs steps= (there is no natural epoch end)")
     if not isinstance(shift, (int, np.integer)) or shift < 0:
         raise ConfigError(f"shift must be a non-negative integer number of pixels, got {shift!r}")
-    if shift and side * side != x.shape[1]:
-        raise ConfigError(f"shift={shift} needs square images, got images of shape {tuple(np.shape(images)[1:])}")
+    check_limits(rotate, scale, translate)
+    warping = bool(rotate or scale or translate)
+    if (shift or warping) and side * side != x.shape[1]:
+        what = f"shift={shift}" if shift else "affine augmentation"
+        raise ConfigError(f"{what} needs square images, got images of shape {tuple(np.shape(images)[1:])}")
     if shift and shift >= side:
         raise ConfigError(f"shift={shift} must be smaller than the image side ({side} pixels)")
-    if order != "sequential" or shift:
+    if order != "sequential" or shift or warping:
         if rng is None:
-            raise ConfigError(f"order={order!r}{' with shift' if shift else ''} needs rng= "
+            raise ConfigError(f"order={order!r}{' with augmentation' if shift or warping else ''} needs rng= "
                               f"(a numpy.random.Generator or an int seed)")
         if not isinstance(rng, np.random.Generator):
             rng = np.random.default_rng(rng)
@@ -348,6 +359,9 @@ def batches(
             if pad is None:
                 pad = pads[len(xb)] = np.zeros((len(xb), side + 2 * shift, side + 2 * shift), x.dtype)
             xb = random_shift(xb.reshape(len(xb), side, side), shift, rng, pad).reshape(len(xb), -1)
+        if warping:  # (B, side, side) float pixels on the input's scale, background 0
+            xb = random_affine(xb.reshape(len(xb), side, side), rng, rotate=rotate, scale=scale,
+                               translate=translate).reshape(len(xb), -1)
         return _scale_into(xb, scheme, dtype, from_unit)
 
     def one(idx):  # (B,) indices -> (B, 784) float, (B,) int64

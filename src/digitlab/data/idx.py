@@ -11,14 +11,17 @@ bytes (1f 8b), never from the file name. Every problem raises `IdxFormatError` (
 whose message starts with the file name, e.g.
 "t10k-images-idx3-ubyte.gz: truncated: header says 10000×28×28 = 7840000 bytes, found 7839000".
 
-Reading streams the payload straight into a preallocated array (no second copy of the data) and can hash
-the uncompressed content on the way.
+Reading streams the payload in 1 MiB pieces straight into a preallocated array of the size the header
+declares (no second copy of the data, even for gzip), refuses a payload longer or shorter than declared,
+and refuses headers declaring more than `MAX_BYTES` (or more than the file could hold), so memory is
+bounded by the declared size whatever the file. Only regular files are opened (a FIFO would block).
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import zlib
 from pathlib import Path
@@ -26,9 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from digitlab.errors import DataError
-from digitlab.fsutil import atomic_write
+from digitlab.fsutil import NotRegularFileError, atomic_write, open_regular
 
-__all__ = ["IdxFormatError", "IDX_TYPES", "read_idx", "write_idx", "is_gzip"]
+__all__ = ["IdxFormatError", "IDX_TYPES", "MAX_BYTES", "MAX_NDIM", "read_idx", "write_idx", "is_gzip"]
 
 # type code -> (big-endian dtype on disk, name used in the IDX spec)
 IDX_TYPES: dict[int, tuple[np.dtype, str]] = {
@@ -42,6 +45,9 @@ IDX_TYPES: dict[int, tuple[np.dtype, str]] = {
 _CODE_BY_KIND = {(np.dtype(dt).kind, np.dtype(dt).itemsize): code for code, (dt, _) in IDX_TYPES.items()}
 _GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK = 1 << 20
+# Largest payload read_idx accepts by default: 16× full MNIST's training images (47 MB), room for EMNIST.
+MAX_BYTES = 1 << 30
+MAX_NDIM = 64  # NumPy's limit on array dimensions
 
 
 class IdxFormatError(DataError):
@@ -55,7 +61,7 @@ class IdxFormatError(DataError):
 
 def is_gzip(path) -> bool:
     """True when the file starts with the gzip magic bytes."""
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         return f.read(2) == _GZIP_MAGIC
 
 
@@ -81,11 +87,14 @@ def _read_exact(stream, n: int) -> bytes:
 
 
 def _readinto_full(stream, buf: memoryview) -> int:
-    """Fill buf from the stream; return the number of bytes read (less than len(buf) at end of file)."""
+    """Fill buf from the stream; return the number of bytes read (less than len(buf) at end of file).
+
+    At most _CHUNK bytes per call: GzipFile.readinto(buf) allocates a bytes object of len(buf) and copies it,
+    which would hold the payload twice."""
     got = 0
     n = len(buf)
     while got < n:
-        k = stream.readinto(buf[got:])
+        k = stream.readinto(buf[got : got + _CHUNK])
         if not k:
             break
         got += k
@@ -121,6 +130,8 @@ def _parse_header(path, stream) -> tuple[np.dtype, tuple[int, ...], bytes]:
         raise IdxFormatError(path, f"unknown IDX type code 0x{code:02X} (expected one of {_describe_types()})")
     if ndim == 0:
         raise IdxFormatError(path, "header declares 0 dimensions")
+    if ndim > MAX_NDIM:
+        raise IdxFormatError(path, f"header declares {ndim} dimensions; at most {MAX_NDIM} are supported")
     dims_raw = _read_exact(stream, 4 * ndim)
     if len(dims_raw) < 4 * ndim:
         raise IdxFormatError(
@@ -137,9 +148,9 @@ def _size_text(dims: tuple[int, ...], itemsize: int, nbytes: int) -> str:
     return f"header says {shape}{per} = {nbytes} bytes"
 
 
-def _read_stream(path, stream, sha256: bool, size_on_disk: int, compressed: bool):
+def _read_stream(path, stream, sha256: bool, size_on_disk: int, compressed: bool, max_bytes: int):
     dtype, dims, header = _parse_header(path, stream)
-    nbytes = int(np.prod(dims, dtype=object)) * dtype.itemsize
+    nbytes = math.prod(dims) * dtype.itemsize
     # Refuse before allocating when the header claims more than the file can hold (a corrupt header must
     # not ask for terabytes): raw -> exactly the bytes after the header; gzip -> deflate's 1032:1 ceiling.
     if not compressed and nbytes > size_on_disk - len(header):
@@ -151,11 +162,24 @@ def _read_stream(path, stream, sha256: bool, size_on_disk: int, compressed: bool
             f"truncated: {_size_text(dims, dtype.itemsize, nbytes)}, more than a {size_on_disk}-byte gzip file "
             "can hold",
         )
-    out = np.empty(dims, dtype=dtype)  # big-endian layout, as on disk
+    # A 0 among the dimensions makes the payload empty, but NumPy still refuses a shape whose other
+    # dimensions multiply past its index range: judge the shape with zeros counted as ones.
+    shape_bytes = math.prod(max(d, 1) for d in dims) * dtype.itemsize
+    if shape_bytes > max_bytes:
+        if nbytes:
+            raise IdxFormatError(path, f"too large: {_size_text(dims, dtype.itemsize, nbytes)}; "
+                                       f"the limit is {max_bytes} bytes")  # fmt: skip
+        shape = "×".join(map(str, dims))
+        raise IdxFormatError(path, f"implausible shape {shape}: empty, but its non-zero dimensions multiply to "
+                                   f"{shape_bytes} bytes (limit {max_bytes})")  # fmt: skip
+    try:
+        out = np.empty(dims, dtype=dtype)  # big-endian layout, as on disk
+    except (ValueError, MemoryError) as exc:
+        raise IdxFormatError(path, f"cannot hold {_size_text(dims, dtype.itemsize, nbytes)}: {exc}") from None
     got = _readinto_full(stream, memoryview(out.reshape(-1).view(np.uint8)))
     if got < nbytes:
         raise IdxFormatError(path, f"truncated: {_size_text(dims, dtype.itemsize, nbytes)}, found {got}")
-    extra = _count_rest(stream)
+    extra = _count_rest(stream) if compressed else size_on_disk - len(header) - nbytes
     if extra:
         raise IdxFormatError(
             path,
@@ -167,23 +191,26 @@ def _read_stream(path, stream, sha256: bool, size_on_disk: int, compressed: bool
         h.update(memoryview(out.reshape(-1).view(np.uint8)))
         digest = h.hexdigest()
     if dtype.itemsize > 1 and dtype.byteorder not in ("=", "|"):
-        out = out.astype(dtype.newbyteorder("="))  # to native order for arithmetic
+        out = out.byteswap(inplace=True).view(dtype.newbyteorder("="))  # to native order, no second copy
     return out, digest
 
 
-def read_idx(path, *, sha256: bool = False):
+def read_idx(path, *, sha256: bool = False, max_bytes: int = MAX_BYTES):
     """Read one IDX file (gzip or raw) into a native-endian array.
 
     Returns the array, or `(array, sha256_hex_of_uncompressed_bytes)` when `sha256=True`.
-    Raises `IdxFormatError` naming the file for every kind of bad input.
+    Raises `IdxFormatError` naming the file for every kind of bad input, including a header that declares
+    more than `max_bytes` of payload.
     """
     path = Path(path)
     try:
-        raw = open(path, "rb")
+        raw = open_regular(path)
     except IsADirectoryError:
         raise IdxFormatError(path, "is a directory, expected an IDX file") from None
     except FileNotFoundError:
         raise IdxFormatError(path, "no such file") from None
+    except NotRegularFileError as exc:
+        raise IdxFormatError(path, f"{exc.strerror}, expected an IDX file") from None
     except OSError as exc:
         raise IdxFormatError(path, f"cannot open: {exc.strerror or exc}") from None
     try:
@@ -194,11 +221,11 @@ def read_idx(path, *, sha256: bool = False):
             if magic == _GZIP_MAGIC:
                 try:
                     with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
-                        arr, digest = _read_stream(path, stream, sha256, size, compressed=True)
+                        arr, digest = _read_stream(path, stream, sha256, size, True, max_bytes)
                 except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
                     raise IdxFormatError(path, f"broken gzip stream ({exc})") from None
             else:
-                arr, digest = _read_stream(path, raw, sha256, size, compressed=False)
+                arr, digest = _read_stream(path, raw, sha256, size, False, max_bytes)
     except IsADirectoryError:
         raise IdxFormatError(path, "is a directory, expected an IDX file") from None
     except OSError as exc:

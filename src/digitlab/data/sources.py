@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 
 from digitlab.data.idx import IdxFormatError, read_idx
 from digitlab.errors import DataError
+from digitlab.fsutil import atomic_write, clean_stale_temps, open_regular, temp_dir_for
 
 __all__ = [
     "ROLES",
@@ -189,17 +189,21 @@ def spellings(stem: str) -> list[str]:
 def find_files(spec: DatasetSpec, directory) -> dict[str, Path]:
     """Map each role to the first existing spelling of its file in `directory`; DataError names the missing."""
     directory = Path(directory)
-    if not directory.exists():
-        raise DataError(f"{directory}: no such folder")
-    if not directory.is_dir():
-        raise DataError(f"{directory}: not a folder")
-    found, missing = {}, []
-    for role, stem in spec.files.items():
-        hit = next((directory / n for n in spellings(stem) if (directory / n).exists()), None)
-        if hit is None:
-            missing.append(stem + "[.gz]")
-        else:
-            found[role] = hit
+    try:
+        if not directory.exists():
+            raise DataError(f"{directory}: no such folder")
+        if not directory.is_dir():
+            raise DataError(f"{directory}: not a folder")
+        found, missing = {}, []
+        for role, stem in spec.files.items():
+            # lexists: a FIFO, device or broken link under the name is found here and refused when read
+            hit = next((directory / n for n in spellings(stem) if os.path.lexists(directory / n)), None)
+            if hit is None:
+                missing.append(stem + "[.gz]")
+            else:
+                found[role] = hit
+    except OSError as exc:  # no permission to look inside, I/O error
+        raise DataError(f"{directory}: cannot read the folder: {exc.strerror or exc}") from None
     if missing:
         raise DataError(f"{directory}: missing {', '.join(missing)}")
     return found
@@ -279,16 +283,26 @@ def resolve(
     env = os.environ if env is None else env
     cache_root = default_cache_root() if cache_root is None else Path(cache_root)
     tried: list[str] = []
+    unusable: list[str] = []  # places that exist but hold a bad copy: said in the fall-back notice
     for how, directory in _locations(spec, env.get("DIGITLAB_DATA_DIR"), cache_root, system_dirs):
-        if not directory.is_dir():
-            tried.append(f"{how} {directory}: no such folder")
-            continue
         try:
+            if not directory.is_dir():
+                tried.append(f"{how} {directory}: no such folder")
+                continue
             return _resolved(spec, directory, how, tried)
         except DataError as exc:
             tried.append(f"{how} {directory}: {exc}")
+            if _has_all(spec, directory):  # a copy is there but bad (not merely a folder without the files)
+                unusable.append(str(exc))
+        except OSError as exc:
+            tried.append(f"{how} {directory}: cannot read: {exc.strerror or exc}")
+            unusable.append(tried[-1])
     if download and spec.mirrors:
-        failures = download_into(spec, cache_root / spec.name, progress=progress, timeout=timeout)
+        try:
+            failures = download_into(spec, cache_root / spec.name, progress=progress, timeout=timeout)
+        except DataError as exc:  # the cache cannot take the files (full, read-only, no permission)
+            failures = [str(exc)]
+            unusable.append(str(exc))
         if not failures:
             return _resolved(spec, cache_root / spec.name, "download", tried)
         tried += [f"download {f}" for f in failures]
@@ -298,10 +312,12 @@ def resolve(
         found = resolve(spec.fallback, registry=registry, download=False, fallback=False, env=env,
                         cache_root=cache_root, system_dirs=system_dirs)  # fmt: skip
         n_train, n_test = len(found.arrays["train_labels"]), len(found.arrays["test_labels"])
+        bad = f" A local copy is unusable: {unusable[0]}." if unusable else ""
         notice = (
             f"digitlab: note: full {name} not found ({len(tried)} places tried); using the bundled "
-            f"{found.spec.name} ({n_train} train / {n_test} test images). "
-            f"Get the full set with `digitlab data fetch {name}` or pass --data-dir DIR."
+            f"{found.spec.name} ({n_train} train / {n_test} test images).{bad} "
+            f"Get {'or repair ' if unusable else ''}the full set with `digitlab data fetch {name}` "
+            f"or pass --data-dir DIR."
         )
         return Resolved(found.spec, found.source, found.how, found.paths, found.arrays, found.checksums,
                         notice, tuple(tried))  # fmt: skip
@@ -313,7 +329,7 @@ def _download_one(spec: DatasetSpec, stem: str, url: str, dest_dir: Path, progre
     import pooch
 
     dest_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{spec.name}.download-", dir=dest_dir.parent))
+    tmpdir = temp_dir_for(dest_dir)
     try:
         tmp = tmpdir / (stem + ".gz")
         pooch.HTTPDownloader(progressbar=progress, timeout=timeout)(url, str(tmp), None)
@@ -349,6 +365,13 @@ def _describe(exc: BaseException) -> str:
     return text.splitlines()[0][:300]
 
 
+def _local_fault(exc: BaseException) -> bool:
+    """A fault of this machine's disk (full, read-only, no permission), not of the mirror."""
+    import requests
+
+    return isinstance(exc, OSError) and not isinstance(exc, requests.RequestException) and exc.errno is not None
+
+
 def _unreachable(exc: BaseException) -> bool:
     """The mirror itself cannot be reached (DNS, refused, timeout): no point asking it for the other files."""
     import requests
@@ -363,10 +386,12 @@ def download_into(spec: DatasetSpec, dest_dir, *, progress: bool = True, timeout
 
     Moves on to the next mirror on ANY failure (HTTP error, dropped connection, HTML page, corrupt or wrong
     content). Returns the list of failures for files no mirror could provide (empty list: complete).
+    A fault of the local disk (full, read-only, no permission) raises DataError at once: no mirror can help.
     """
     dest_dir = Path(dest_dir)
     problems: list[str] = []
     dead: set[str] = set()  # mirrors found unreachable: reported once, not asked again
+    clean_stale_temps(dest_dir)  # download folders of a killed fetch
     for stem in spec.files.values():
         if _have_verified(spec, stem, dest_dir):
             continue
@@ -378,6 +403,8 @@ def download_into(spec: DatasetSpec, dest_dir, *, progress: bool = True, timeout
                 _download_one(spec, stem, url, dest_dir, progress, timeout)
                 break
             except Exception as exc:  # noqa: BLE001 - any failure means: try the next mirror
+                if _local_fault(exc):  # every mirror would fail the same way
+                    raise DataError(f"{dest_dir}: cannot store the download: {exc.strerror}") from None
                 if _unreachable(exc):
                     dead.add(base)
                     errors.append(f"{base}: {_describe(exc)} (mirror skipped for the other files)")
@@ -415,24 +442,24 @@ def fetch(
     """Make `name` available locally. With `source_dir`: verify the files there and copy them into the cache."""
     spec = get_spec(name, registry)
     cache_root = default_cache_root() if cache_root is None else Path(cache_root)
+    dest = cache_root / spec.name
+    for leftover in [dest, *(dest / n for stem in spec.files.values() for n in spellings(stem))]:
+        clean_stale_temps(leftover)  # of a fetch or copy killed earlier
     if source_dir is None:
         return resolve(name, registry=registry, fallback=False, env=env, cache_root=cache_root,
                        system_dirs=system_dirs, progress=progress, timeout=timeout)  # fmt: skip
     paths, _, _ = check_location(spec, Path(source_dir).expanduser())
-    dest = cache_root / spec.name
-    dest.mkdir(parents=True, exist_ok=True)
     for role, src in paths.items():
         stem = spec.files[role]
         target = dest / (stem + (".gz" if src.name.endswith(".gz") else ""))
-        tmp = Path(tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=dest)[1])
         try:
-            shutil.copyfile(src, tmp)
-            os.chmod(tmp, 0o644)  # mkstemp made it 0600; cached data is readable like a download
-            for other in spellings(stem):
-                (dest / other).unlink(missing_ok=True)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+            with open_regular(src) as fin, atomic_write(target) as fout:
+                shutil.copyfileobj(fin, fout)
+            for other in spellings(stem):  # a stale copy under another spelling would shadow the new one
+                if other != target.name:
+                    (dest / other).unlink(missing_ok=True)
+        except OSError as exc:  # the source vanished or became unreadable after it was verified
+            raise DataError(f"{src}: cannot copy into {dest}: {exc.strerror or exc}") from None
     return _resolved(spec, dest, "cache")
 
 

@@ -2,6 +2,7 @@
 
     from digitlab.nn.losses import get_loss
     loss = get_loss("softmax_ce")              # or "softmax_mse", "sigmoid_bce"
+    smooth = get_loss("softmax_ce", label_smoothing=0.1)   # targets (1 - 0.1) Y + 0.1 / C
     value, dscores = loss(scores, labels)      # scores (N, C) float, labels (N,) integer class indices
     probs = loss.probabilities(scores)         # (N, C), rows sum to 1 (for predict_proba)
 
@@ -10,7 +11,9 @@ float (the mean over the batch); the gradient has the dtype of `scores`. Pass `o
 written into an existing (N, C) array (it may be `scores` itself — the fast path of a training step).
 
   softmax_ce   softmax + cross-entropy fused, max-subtracted log-sum-exp: finite for logits of +-1e4.
-               gradient (softmax(z) - Y) / N.
+               gradient (softmax(z) - Y) / N. With label smoothing e the target is Q = (1 - e) Y + e / C
+               (Szegedy et al. 2016; PyTorch's CrossEntropyLoss(label_smoothing=e)): loss -sum Q log softmax(z),
+               gradient (softmax(z) - Q) / N.
   softmax_mse  per-example SUM over classes of (softmax(z) - Y)^2, MEAN over the batch; the gradient goes
                back through the true softmax Jacobian: p * (g - sum(g * p)), g = 2 (p - Y) / N.
   sigmoid_bce  one-vs-rest: per-example SUM over classes of the binary cross-entropy of sigmoid(z) against
@@ -21,6 +24,7 @@ written into an existing (N, C) array (it may be `scores` itself — the fast pa
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -46,8 +50,9 @@ def softmax(scores, out=None):
     return p
 
 
-def softmax_cross_entropy(scores, labels, out=None):
-    """Mean cross-entropy of softmax(scores) against integer labels, and its gradient (softmax - Y) / N.
+def softmax_cross_entropy(scores, labels, out=None, label_smoothing: float = 0.0):
+    """Mean cross-entropy of softmax(scores) against integer labels, and its gradient (softmax - Y) / N;
+    with label_smoothing e against Q = (1 - e) Y + e / C, gradient (softmax - Q) / N.
 
     Written for small (N, C) batches, where the per-call cost of NumPy dominates: the row maxima come from
     argmax (much faster than max over a short axis) and the label entries are addressed by flat index.
@@ -60,16 +65,23 @@ def softmax_cross_entropy(scores, labels, out=None):
     if out is not None and not out.flags.c_contiguous:
         raise ValueError("softmax_cross_entropy needs a C-contiguous out= array")
     z = xp.subtract(scores, rowmax[:, None], out=out)                      # (N, C), max-subtracted, <= 0
+    eps = float(label_smoothing)
+    zsum = z.sum(axis=1, dtype=xp.float64) if eps else None                # (N,) sum_k z_k for the uniform part
     flat = z.reshape(-1)                                                   # a view: z is C-contiguous
     target = rows + labels                                                 # (N,) flat index of z_y
     correct = flat[target]                                                 # (N,) z_y (a copy)
     xp.exp(z, out=z)                                                       # (N, C) e^z in (0, 1]
     total = z.sum(axis=1)                                                  # (N,) >= 1
-    correct -= xp.log(total)                                               # (N,) log softmax(z)_y
+    log_total = xp.log(total)                                              # (N,)
+    correct -= log_total                                                   # (N,) log softmax(z)_y
     loss = -float(correct.sum()) / n
+    if eps:  # -(1-e) log p_y - e/C sum_k log p_k, with sum_k log p_k = sum_k z_k - C log(total)
+        loss = (1.0 - eps) * loss - eps * float((zsum / c - log_total).sum()) / n
     total *= n
     z /= total[:, None]                                                    # (N, C) softmax / N
-    flat[target] -= z.dtype.type(1.0 / n)                                  # (N, C) (softmax - Y) / N
+    flat[target] -= z.dtype.type((1.0 - eps) / n)                          # (N, C) (softmax - (1-e) Y) / N
+    if eps:
+        z -= z.dtype.type(eps / (c * n))                                   # (N, C) (softmax - Q) / N
     return loss, z
 
 
@@ -133,13 +145,17 @@ def softmax_probabilities(scores):
 
 @dataclass(frozen=True)
 class Loss:
-    """A named loss: `loss(scores, labels, out=None) -> (mean loss, dscores)` plus `probabilities(scores)`."""
+    """A named loss: `loss(scores, labels, out=None) -> (mean loss, dscores)` plus `probabilities(scores)`.
+    `label_smoothing` (softmax_ce only) changes the training targets, not the probabilities."""
 
     name: str
     fn: Callable
     probabilities: Callable
+    label_smoothing: float = 0.0
 
     def __call__(self, scores, labels, out=None):
+        if self.label_smoothing:
+            return self.fn(scores, labels, out=out, label_smoothing=self.label_smoothing)
         return self.fn(scores, labels, out=out)
 
 
@@ -152,9 +168,19 @@ ALIASES = {"softmax_cross_entropy": "softmax_ce", "cross_entropy": "softmax_ce",
            "ovr": "sigmoid_bce", "one_vs_rest": "sigmoid_bce"}
 
 
-def get_loss(name: str) -> Loss:
-    """The Loss registered under `name` (or an alias); ConfigError for unknown names."""
+SMOOTHABLE = ("softmax_ce",)
+
+
+def get_loss(name: str, label_smoothing: float = 0.0) -> Loss:
+    """The Loss registered under `name` (or an alias), with label smoothing in [0, 1) where it applies
+    (softmax_ce); ConfigError for unknown names or a smoothing the loss cannot take."""
     key = ALIASES.get(name, name)
     if key not in LOSSES:
         raise ConfigError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
-    return LOSSES[key]
+    if not label_smoothing:
+        return LOSSES[key]
+    if not 0.0 < label_smoothing < 1.0:
+        raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+    if key not in SMOOTHABLE:
+        raise ConfigError(f"label smoothing needs loss {' or '.join(SMOOTHABLE)}, not {key!r}")
+    return dataclasses.replace(LOSSES[key], label_smoothing=float(label_smoothing))

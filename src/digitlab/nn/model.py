@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -202,11 +203,32 @@ class Classifier:
 
 # -- loading ------------------------------------------------------------------------------------------
 
+def _open_model_file(path: Path):
+    """The file opened for reading, or ModelFileError: missing, a folder, a FIFO/device (never read), unreadable."""
+    from digitlab.fsutil import NotRegularFileError, open_regular
+
+    try:
+        return open_regular(path)
+    except IsADirectoryError:
+        raise ModelFileError(f"cannot load model {path}: it is a directory, not a model file") from None
+    except FileNotFoundError:
+        raise ModelFileError(f"cannot load model {path}: no such file") from None
+    except NotRegularFileError as exc:
+        raise ModelFileError(f"cannot load model {path}: it {exc.strerror}") from None
+    except OSError as exc:
+        raise ModelFileError(f"cannot load model {path}: cannot read it ({exc.strerror or exc})") from None
+
+
 def _check_header_length(path: Path) -> None:
     """A safetensors file starts with the byte length of its JSON header: a file cut inside it is truncated."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
+    with _open_model_file(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            raise ModelFileError(f"cannot load model {path}: the file is empty")
+        try:
+            head = f.read(8)
+        except OSError as exc:
+            raise ModelFileError(f"cannot load model {path}: cannot read it ({exc.strerror or exc})") from None
     n = int.from_bytes(head, "little") if len(head) == 8 else None
     plausible = n is not None and 2 <= n <= 100 * 2**20  # header sizes safetensors itself accepts
     if plausible and size < 8 + n:
@@ -230,8 +252,16 @@ def _read_safetensors(path: Path):
         else:
             why = "it is not a safetensors file"
         raise ModelFileError(f"cannot load model {path}: {why} ({msg})") from None
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        raise ModelFileError(f"cannot load model {path}: cannot read it ({exc.strerror or exc})") from None
+    except ValueError as exc:
         raise ModelFileError(f"cannot load model {path}: {exc}") from None
+    for name, t in tensors.items():
+        if t.dtype.kind in "fc" and not np.isfinite(t).all():
+            bad = int(t.size - np.count_nonzero(np.isfinite(t)))
+            raise ModelFileError(f"cannot load model {path}: tensor {name!r} holds {bad} NaN or infinite "
+                                 f"value{'s' if bad != 1 else ''} (of {t.size}); a model trained to "
+                                 "non-finite weights cannot predict")
     return meta, tensors
 
 
@@ -241,8 +271,10 @@ def _parse_header(path: Path, meta: dict) -> dict:
                              f"(not written by digitlab)")
     try:
         head = json.loads(meta[HEADER_KEY])
-    except json.JSONDecodeError as exc:
-        raise ModelFileError(f"cannot load model {path}: its digitlab header is not valid JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # bad JSON; a > 4300-digit integer; nesting too deep
+        why = ("nested too deeply" if isinstance(exc, RecursionError) else
+               "an integer of more than 4300 digits" if "integer string conversion" in str(exc) else str(exc))
+        raise ModelFileError(f"cannot load model {path}: its digitlab header is not valid JSON ({why})") from None
     if not isinstance(head, dict):
         raise ModelFileError(f"cannot load model {path}: its digitlab header is not a JSON object")
     fmt = head.get("format")
@@ -276,12 +308,6 @@ def _check_linear_shapes(spec, tensors: dict) -> None:
 def read_model_file(path) -> tuple[Classifier, dict, dict]:
     """(model, header, extra tensors) from a digitlab safetensors file; ModelFileError naming the file."""
     path = Path(path)
-    if path.is_dir():
-        raise ModelFileError(f"cannot load model {path}: it is a directory, not a model file")
-    if not path.exists():
-        raise ModelFileError(f"cannot load model {path}: no such file")
-    if path.stat().st_size == 0:
-        raise ModelFileError(f"cannot load model {path}: the file is empty")
     meta, tensors = _read_safetensors(path)
     head = _parse_header(path, meta)
     try:

@@ -1,11 +1,12 @@
 """Optimizers that see only lists of arrays, and learning-rate schedules as plain functions of the step.
 
-    from digitlab.nn.optim import SGD, Adam, cosine, warmup
+    from digitlab.nn.optim import SGD, Adam, cosine, onecycle, onecycle_beta1, warmup
     opt = SGD(momentum=0.9, nesterov=True, weight_decay=5e-4)
     schedule = warmup(cosine(0.1, total_steps=9380), warmup_steps=500)
     for step in range(9380):
         ...                                      # forward, loss, backward
         opt.step(net.parameters(), net.grads(), schedule(step))   # updates the parameters in place
+    adam = Adam(beta1_schedule=onecycle_beta1(9380))   # beta1 0.95 -> 0.85 -> 0.95 against schedule=onecycle(...)
     state = opt.state_dict()                     # {"name": "sgd", "t": 9380, ..., "velocity.0": array, ...}
                                                  # (Adam: "m_sum.0", "v_sum.0", ...)
     opt.load_state_dict(state)                   # resume bit-identically
@@ -152,23 +153,36 @@ class Adam(Optimizer):
     hyper = ("beta1", "beta2", "eps", "weight_decay")
     slots = ("m_sum", "v_sum")
 
-    def __init__(self, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0):
+    def __init__(self, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
+                 beta1_schedule=None):
         super().__init__()
         if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
             raise ConfigError(f"Adam betas must be in [0, 1), got {beta1}, {beta2}")
         self.beta1, self.beta2, self.eps, self.weight_decay = float(beta1), float(beta2), float(eps), float(weight_decay)
+        # beta1_schedule: step (from 0) -> beta1, e.g. onecycle_beta1(total); a pure function of the step count
+        # `t`, so a resumed run needs no extra state. None: the constant beta1.
+        self.beta1_schedule = beta1_schedule
+        self._b1, self._u_scale = self.beta1, self.beta1
+
+    def step(self, params: list, grads: list, lr: float) -> None:
+        if self.beta1_schedule is not None:  # this step's beta1 b, last step's a: u = m/(1-b) = b(1-a)/(1-b) u' + g
+            b = float(self.beta1_schedule(self.t))
+            a = float(self.beta1_schedule(self.t - 1)) if self.t else b
+            self._b1, self._u_scale = b, b * (1.0 - a) / (1.0 - b)
+        super().step(params, grads, lr)
 
     def _update(self, i, p, g, lr):
         xp = array_module(p)
         u, w, s = self.state["m_sum"][i], self.state["v_sum"][i], self._scratch[i]
-        u *= self.beta1
+        b1 = self._b1
+        u *= self._u_scale                                   # b1 while beta1 is constant
         u += g                                               # u = m / (1-b1):  m <- b1 m + (1-b1) g
         xp.multiply(g, g, out=s)
         w *= self.beta2
         w += s                                               # w = v / (1-b2):  v <- b2 v + (1-b2) g^2
         if lr == 0.0:
             return
-        k = lr * (1.0 - self.beta1) / (1.0 - self.beta1 ** self.t)          # lr * m_hat = k * u
+        k = lr * (1.0 - b1) / (1.0 - b1 ** self.t)                         # lr * m_hat = k * u
         xp.multiply(w, (1.0 - self.beta2) / (1.0 - self.beta2 ** self.t) / (k * k), out=s)   # v_hat / k^2
         xp.sqrt(s, out=s)
         s += self.eps / k                                    # (sqrt(v_hat) + eps) / k
@@ -215,6 +229,45 @@ def cosine(lr: float, total_steps: int, min_lr: float = 0.0):
     return schedule
 
 
+def _two_phases(start: float, peak: float, end: float, total_steps: int, pct_start: float):
+    """step -> value: a half cosine from `start` (step 0) to `peak` (step pct_start*total - 1, PyTorch's
+    possibly fractional phase boundary), then another to `end` (step total - 1 and after)."""
+    if total_steps <= 1:
+        raise ConfigError(f"onecycle needs total_steps > 1, got {total_steps}")
+    if not 0.0 < pct_start < 1.0:
+        raise ConfigError(f"onecycle needs 0 < pct_start < 1, got {pct_start}")
+    up_end = float(pct_start * total_steps) - 1.0
+    last = float(total_steps - 1)
+
+    def half_cosine(a, b, frac):
+        return b + (a - b) * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+    def schedule(step):
+        if step <= up_end:
+            return half_cosine(start, peak, step / up_end) if up_end > 0 else peak
+        return half_cosine(peak, end, min(step - up_end, last - up_end) / (last - up_end))
+
+    return schedule
+
+
+def onecycle(lr: float, total_steps: int, pct_start: float = 0.3, div: float = 25.0, final_div: float = 1e4):
+    """One-cycle policy (Smith & Topin 2017), step for step PyTorch's OneCycleLR(max_lr=lr, total_steps,
+    pct_start, div_factor=div, final_div_factor=final_div) with its default cosine annealing:
+    from lr/div at step 0 up to lr at step pct_start*total - 1, then down to lr/(div*final_div) at the last
+    step total - 1 (and after); each phase is a half cosine between its end values."""
+    if div <= 0 or final_div <= 0:
+        raise ConfigError(f"onecycle needs positive div and final_div, got {div}, {final_div}")
+    return _two_phases(float(lr) / div, float(lr), float(lr) / div / final_div, total_steps, pct_start)
+
+
+def onecycle_beta1(total_steps: int, pct_start: float = 0.3, low: float = 0.85, high: float = 0.95):
+    """Adam's beta1 cycled inversely to `onecycle`'s learning rate, as PyTorch's OneCycleLR does by default
+    (cycle_momentum=True, base_momentum=low, max_momentum=high): high -> low at the lr's peak -> high."""
+    if not 0.0 <= low <= high < 1.0:
+        raise ConfigError(f"onecycle_beta1 needs 0 <= low <= high < 1, got {low}, {high}")
+    return _two_phases(high, low, high, total_steps, pct_start)
+
+
 def warmup(schedule, warmup_steps: int):
     """Linear warm-up: schedule(step) * (step + 1) / warmup_steps for the first warmup_steps steps."""
     if warmup_steps <= 0:
@@ -222,14 +275,15 @@ def warmup(schedule, warmup_steps: int):
     return lambda step: schedule(step) * min(1.0, (step + 1) / warmup_steps)
 
 
-SCHEDULES = {"constant": constant, "step_decay": step_decay, "cosine": cosine}
+SCHEDULES = {"constant": constant, "step_decay": step_decay, "cosine": cosine, "onecycle": onecycle}
 
 
 def make_schedule(name: str, lr: float, total_steps: int, warmup_steps: int = 0, **kwargs):
-    """A schedule by name ("constant", "step_decay" (every, gamma), "cosine" (min_lr)), optionally warmed up."""
+    """A schedule by name ("constant", "step_decay" (every, gamma), "cosine" (min_lr), "onecycle" (pct_start,
+    div, final_div)), optionally warmed up."""
     if name not in SCHEDULES:
         raise ConfigError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
-    if name == "cosine":
+    if name in ("cosine", "onecycle"):
         kwargs.setdefault("total_steps", total_steps)
     try:
         return warmup(SCHEDULES[name](lr, **kwargs), warmup_steps)

@@ -22,7 +22,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from digitlab.augment import check_limits
 from digitlab.errors import ConfigError
+from digitlab.nn.losses import get_loss
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -38,7 +40,7 @@ CHOICES = {
     "activation": ("relu", "leaky_relu", "sigmoid", "tanh"),
     "loss": ("softmax_ce", "softmax_mse", "sigmoid_bce"),
     "optimizer": ("sgd", "momentum", "nesterov", "adam"),
-    "schedule": ("constant", "cosine", "step"),
+    "schedule": ("constant", "cosine", "step", "onecycle"),
     "order": ("shuffle", "sequential", "replacement"),
     "reported_metric": ("test_accuracy", "val_accuracy"),
 }
@@ -67,14 +69,20 @@ class Recipe:
     init: tuple[str, ...] = ("he_normal",)  # per Linear layer ("normal:0.01" = N(0, 0.01)); the last entry repeats
     dropout: float = 0.0  # dropout rate after each hidden activation
     shift: int = 0  # augmentation: move each training image by up to this many pixels per direction, per step
+    rotate: float = 0.0  # augmentation: turn each training image by up to +-rotate degrees (bilinear), per step
+    scale: float = 0.0  # augmentation: zoom each training image by a factor in 1 +- scale (0.1 = +-10 %)
+    translate: float = 0.0  # augmentation: move each training image by up to +-translate pixels (sub-pixel)
     loss: str = "softmax_ce"  # softmax_ce | softmax_mse | sigmoid_bce (one-vs-rest)
+    label_smoothing: float = 0.0  # softmax_ce: train against (1 - e) one-hot + e / classes
     # --- optimisation ---
     optimizer: str = "sgd"  # sgd | momentum | nesterov | adam
     lr: float = 0.1  # peak learning rate
     momentum: float = 0.9  # for momentum / nesterov
     weight_decay: float = 0.0  # L2 weight decay
-    schedule: str = "constant"  # constant | cosine (to 0 at the end) | step (x0.1 after each third)
+    schedule: str = "constant"  # constant | cosine (to 0 at the end) | step (x0.1 after each third) |
+    #                             onecycle (PyTorch OneCycleLR: lr/25 up to lr over 30 % of the steps, down to lr/25e4)
     warmup_steps: int = 0  # linear warm-up steps before the schedule
+    cycle_beta1: bool = False  # onecycle + adam: beta1 0.95 -> 0.85 -> 0.95, inverse to the lr (as torch's OneCycleLR)
     # --- loop ---
     epochs: int = 10  # passes over the training set (ignored when steps > 0)
     steps: int = 0  # > 0: train for exactly this many steps instead (an "epoch" is then len(train)/batch steps)
@@ -205,11 +213,18 @@ def _validate(r: Recipe, label: str) -> None:
         (r.threads >= 0, "threads must be >= 0 (0 = automatic)"),
         (r.weight_decay >= 0, "weight_decay must be >= 0"),
         (r.warmup_steps >= 0, "warmup_steps must be >= 0"),
+        (not r.cycle_beta1 or (r.schedule, r.optimizer) == ("onecycle", "adam"),
+         "cycle_beta1 needs schedule = \"onecycle\" and optimizer = \"adam\""),
         (len(r.init) >= 1, "init needs at least one initializer"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(f"{label}: {message}")
+    try:
+        check_limits(r.rotate, r.scale, r.translate)
+        get_loss(r.loss, r.label_smoothing)
+    except ConfigError as exc:
+        raise ConfigError(f"{label}: {exc}") from None
     for key in ("reported", "target"):
         value = getattr(r, key)
         if value is not None and not 0.0 <= value <= 1.0:
