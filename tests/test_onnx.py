@@ -86,12 +86,13 @@ def test_unknown_layer_is_one_clear_error(tmp_path):
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_cli_export(tmp_path, capsys):
+def test_cli_export(tmp_path, capsys, monkeypatch):
     model = _train("seed-000-softmax", {"dataset": "mnist-sample"}, tmp_path)
     src = tmp_path / "run" / "model.safetensors"
     assert main(["export", str(src), "--format", "onnx", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["out"] == str(tmp_path / "run" / "model.onnx") and result["opset"] == OPSET
+    assert result["input"] == "images uint8 [N, 28, 28]" and result["output"] == "probabilities float32 [N, 10]"
     images, _ = load("mnist-sample", split="test", quiet=True)
     assert_runtime_agrees(model, result["out"], images[:200])
     assert main(["export", str(src), "--out", str(tmp_path / "x.onnx")]) == 0
@@ -100,6 +101,9 @@ def test_cli_export(tmp_path, capsys):
     assert "is the model file itself" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "missing.safetensors")]) == 1
     assert "no such file" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "onnx", None)  # the extra not installed: one line saying what to install
+    assert main(["export", str(src), "--out", str(tmp_path / "y.onnx")]) == 1
+    assert "pip install 'digitlab[onnx]'" in capsys.readouterr().err and not (tmp_path / "y.onnx").exists()
 
 
 def test_readme_snippet_runs_without_digitlab(tmp_path):
@@ -130,3 +134,19 @@ def test_onnxruntime_matches_fully_trained_default_model(trained_mlp, mnist_dir,
     images, _ = load("mnist", split="test", data_dir=mnist_dir)
     model = trained_mlp.model
     assert_runtime_agrees(model, model.to_onnx(tmp_path / "mlp.onnx"), images)
+
+
+def test_sklearn_estimator_model_exports_with_float_features(tmp_path):
+    """A digitlab.sklearn model_ (normalisation "none") takes `features` float32 [N, D] as given."""
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    from digitlab.sklearn import MLPClassifier
+
+    X, y = sklearn_datasets.load_digits(return_X_y=True)
+    X = ((X - X.mean(axis=0)) / (X.std(axis=0) + 1)).astype(np.float32)
+    clf = MLPClassifier((32,), activation="tanh", max_iter=20, random_state=0).fit(X, y)
+    session = ort.InferenceSession(str(clf.model_.to_onnx(tmp_path / "digits.onnx")))
+    (inp,) = session.get_inputs()
+    assert inp.name == "features" and inp.type == "tensor(float)" and inp.shape == ["N", 64]
+    probs = session.run(None, {"features": X})[0]  # (N, 10)
+    np.testing.assert_array_equal(clf.classes_[probs.argmax(axis=1)], clf.predict(X))
+    np.testing.assert_allclose(probs, clf.predict_proba(X), rtol=0, atol=1e-5)

@@ -11,8 +11,9 @@ The graph takes what `model.predict` takes and gives what `model.predict_proba` 
       -> one block of nodes per layer (LAYER_EXPORTERS) -> probabilities head (PROBABILITY_HEADS)
     probabilities  float32 [N, classes]       rows sum to 1
 
-It computes in float32 (a float64 model's weights are cast). Metadata props: classes (JSON list), recipe,
-digitlab_version, dataset, normalization, loss.
+A tabular model (normalisation "none", e.g. a digitlab.sklearn estimator's `model_`) takes `features`, float32
+[N, *input_shape], used as given. The graph computes in float32 (a float64 model's weights are cast).
+Metadata props: classes (JSON list), recipe, digitlab_version, dataset, normalization, loss.
 
 Opset 13 (IR version 7): supported by every onnxruntime since 1.6 (2020), onnxruntime-web, TensorRT >= 7.1,
 OpenVINO and the Core ML / TF converters, and the first opset whose Softmax is the per-axis softmax NumPy
@@ -30,7 +31,7 @@ import numpy as np
 from digitlab.errors import ConfigError
 
 OPSET = 13
-INPUT, OUTPUT = "images", "probabilities"
+INPUT, FEATURES, OUTPUT = "images", "features", "probabilities"
 
 
 def _onnx():
@@ -101,6 +102,13 @@ PROBABILITY_HEADS = {"softmax_ce": _softmax, "softmax_mse": _softmax, "sigmoid_b
 
 
 # ------------------------------------------------------------------------------------------------ export
+def describe(model) -> dict:
+    """The exported graph's input and output, in words: {"input": "images uint8 [N, 28, 28]", "output": ...}."""
+    dims = ", ".join(map(str, model.input_shape))
+    source = f"{FEATURES} float32" if model.normalization == "none" else f"{INPUT} uint8"
+    return {"input": f"{source} [N, {dims}]", "output": f"{OUTPUT} float32 [N, {len(model.class_names)}]"}
+
+
 def to_onnx_model(model):
     """The Classifier as a checked onnx.ModelProto (see the module docstring for inputs and outputs)."""
     from digitlab.data.dataset import affine
@@ -110,7 +118,9 @@ def to_onnx_model(model):
     from onnx import TensorProto, helper, numpy_helper
 
     g = _Graph(helper, numpy_helper)
-    x = g.add("Cast", [INPUT], "pixels", to=TensorProto.FLOAT)                # (N, *input_shape) float32
+    tabular = model.normalization == "none"
+    source, source_type = (FEATURES, TensorProto.FLOAT) if tabular else (INPUT, TensorProto.UINT8)
+    x = source if tabular else g.add("Cast", [INPUT], "pixels", to=TensorProto.FLOAT)  # (N, *input_shape) float32
     x = g.add("Flatten", [x], "flat", axis=1)                                   # (N, prod(input_shape))
     scale, offset = affine(model.normalization)
     if scale != 1.0:
@@ -130,7 +140,7 @@ def to_onnx_model(model):
     n_classes = len(model.class_names)
     graph = helper.make_graph(
         g.nodes, "digitlab",
-        [helper.make_tensor_value_info(INPUT, TensorProto.UINT8, ["N", *model.input_shape])],
+        [helper.make_tensor_value_info(source, source_type, ["N", *model.input_shape])],
         [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", n_classes])],
         initializer=g.initializers,
     )

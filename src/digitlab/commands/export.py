@@ -33,7 +33,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from digitlab.export_onnx import OPSET, export_onnx
+    from digitlab.export_onnx import OPSET, describe, export_onnx
     from digitlab.nn.model import load
 
     out = args.out if args.out is not None else args.model.with_suffix(f".{args.format}")
@@ -41,10 +41,8 @@ def run(args) -> int:
         raise ConfigError(f"--out {out} is the model file itself; choose another name")
     model = load(args.model)
     path = export_onnx(model, out)
-    shape = "x".join(map(str, model.input_shape))
     result = {"model": str(args.model), "out": str(path), "format": args.format, "opset": OPSET,
-              "bytes": path.stat().st_size, "input": f"images uint8 [N, {', '.join(map(str, model.input_shape))}]",
-              "output": f"probabilities float32 [N, {len(model.class_names)}]"}
-    emit(args, result, f"wrote {path} (ONNX opset {OPSET}, {result['bytes']:,} bytes): images uint8 N x {shape} "
-                       f"-> probabilities float32 N x {len(model.class_names)}")
+              "bytes": path.stat().st_size, **describe(model)}
+    emit(args, result, f"wrote {path} (ONNX opset {OPSET}, {result['bytes']:,} bytes): {result['input']} -> "
+                       f"{result['output']}")
     return 0
