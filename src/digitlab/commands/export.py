@@ -24,7 +24,8 @@ def register(subparsers) -> None:
         description="Export a model written by digitlab train to another format (ONNX: uint8 images [N, 28, 28] "
         "in, float32 probabilities out, normalisation inside the graph).",
     )
-    p.add_argument("model", metavar="MODEL", type=Path, help="a model file written by digitlab train (model.safetensors)")
+    p.add_argument("model", metavar="MODEL", type=Path,
+                   help="a model file written by digitlab train (model.safetensors)")
     p.add_argument("--format", choices=FORMATS, default="onnx", help="the format to write (default: onnx)")
     p.add_argument("--out", metavar="FILE", type=Path, default=None,
                    help="where to write it (default: MODEL with the format's suffix, e.g. model.onnx)")
