@@ -134,6 +134,8 @@ def test_loss_curve_decreases_and_partial_fit_continues(digits):
         inc.partial_fit(X[:5], np.array([0, 1, 2, 3, 11]))
     with pytest.raises(ValueError, match="needs classes="):
         MLPClassifier().partial_fit(X, ytr)
+    with pytest.raises(ValueError, match="differ from the classes"):
+        inc.partial_fit(X, ytr, classes=np.arange(11))
 
 
 def test_early_stopping_keeps_the_best_epoch(digits):
@@ -142,7 +144,14 @@ def test_early_stopping_keeps_the_best_epoch(digits):
     clf = MLPClassifier((32,), max_iter=300, early_stopping=True, n_iter_no_change=3, random_state=0).fit(X, ytr)
     assert 4 <= clf.n_iter_ < 300 and len(clf.validation_scores_) == clf.n_iter_
     assert clf.best_validation_score_ == max(clf.validation_scores_)
-    assert all(s < clf.best_validation_score_ + clf.tol for s in clf.validation_scores_[-4:])  # why it stopped
+    best, stalled, stop = -np.inf, 0, None  # scikit-learn's rule, replayed on the recorded scores
+    for epoch, score in enumerate(clf.validation_scores_, start=1):
+        stalled = stalled + 1 if score < best + clf.tol else 0
+        best = max(best, score)
+        if stalled > clf.n_iter_no_change:
+            stop = epoch
+            break
+    assert stop == clf.n_iter_  # it stopped at the first epoch the rule says, not before or after
     _, X_val, _, y_val = train_test_split(X, ytr, test_size=0.1, stratify=ytr, random_state=clf._seed)
     assert clf.score(X_val, y_val) == clf.best_validation_score_  # the best weights were restored
 
@@ -186,3 +195,25 @@ def test_cnn_classifier_on_mnist_sample():
     Xtr, Xte, ytr, yte = train_test_split(X, labels, test_size=0.25, stratify=labels, random_state=0)
     clf = CNNClassifier(max_iter=5, random_state=0).fit(Xtr, ytr)
     assert clf.score(Xte, yte) >= 0.85
+
+
+def test_cnn_classifier_builds_from_an_architecture_list(digits):
+    """The spec path CNNClassifier uses, on layers that exist today; the last Linear gets in/out from the data."""
+    Xtr, Xte, ytr, yte = digits
+    arch = [{"type": "Linear", "in": 64, "out": 32}, {"type": "ReLU"}, {"type": "Linear", "in": 32}]
+    clf = CNNClassifier(architecture=arch, input_shape=(8, 8), max_iter=30, random_state=0)
+    pipe = make_pipeline(StandardScaler(), clf).fit(Xtr, ytr)
+    assert [layer.spec() for layer in clf.model_.net.layers][-1]["out"] == 10
+    assert pipe.score(Xte, yte) >= 0.9
+    assert arch[-1] == {"type": "Linear", "in": 32}  # the parameter itself is left alone
+    with pytest.raises(ValueError, match="input_shape"):
+        CNNClassifier(architecture=arch, input_shape=(28, 28)).fit(Xtr, ytr)
+
+
+@pytest.mark.skipif(HAS_CONV, reason="conv layers are there: test_cnn_classifier_on_mnist_sample runs instead")
+def test_cnn_classifier_default_needs_conv_layers(digits):
+    from digitlab.errors import ConfigError
+
+    Xtr, _, ytr, _ = digits
+    with pytest.raises(ConfigError, match="unknown layer type 'Conv2D'"):
+        CNNClassifier(input_shape=(8, 8)).fit(Xtr, ytr)
