@@ -44,7 +44,7 @@ __all__ = [
 
 MNIST_MEAN = 0.1307  # on the [0, 1] scale (pytorch/examples)
 MNIST_STD = 0.3081
-SCHEMES = ("unit", "raw", "standard")
+SCHEMES = ("unit", "raw", "standard", "none")  # "none": tabular features used as given (digitlab.sklearn)
 SPLITS = ("train", "test", "all")
 
 
@@ -128,6 +128,8 @@ def _scale_into(x: np.ndarray, scheme: str, dtype, from_unit: bool) -> np.ndarra
     if scheme not in SCHEMES:
         raise ConfigError(f"unknown normalization scheme {scheme!r} (choose from {', '.join(SCHEMES)})")
     out = x.astype(dtype)  # the one new array; everything below is in place
+    if scheme == "none":
+        return out
     if scheme == "raw":
         if from_unit:
             out *= dtype.type(255)
@@ -145,7 +147,7 @@ def affine(scheme: str) -> tuple[float, float]:
     lets inference fold the normalisation into a model's first Linear layer."""
     if scheme not in SCHEMES:
         raise ConfigError(f"unknown normalization scheme {scheme!r} (choose from {', '.join(SCHEMES)})")
-    if scheme == "raw":
+    if scheme in ("raw", "none"):
         return 1.0, 0.0
     if scheme == "unit":
         return 1.0 / 255, 0.0
@@ -172,6 +174,10 @@ def normalize(images, scheme: str = "unit", dtype=np.float32) -> np.ndarray:
     x = np.asarray(images)
     if x.ndim < 2:
         raise DataError(f"images must be a batch [N, ...] (e.g. [N, 28, 28]), got shape {x.shape}")
+    if scheme == "none" and x.dtype.kind in "fiu":  # tabular features: any shape, values as given
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            raise DataError("features must be finite numbers (found NaN or infinity)")
+        return _scale_into(x, scheme, dtype, from_unit=False)
     if np.dtype(dtype).kind != "f":
         raise ConfigError(f"normalize: dtype must be a float type, got {np.dtype(dtype)}")
     if x.dtype == np.uint8:
@@ -334,7 +340,7 @@ def batches(
             rng = np.random.default_rng(rng)
     y64 = y.astype(np.int64, copy=False)  # (N,) labels once, ~8 bytes per sample
     from_unit = x.dtype.kind == "f"
-    if from_unit:
+    if from_unit and scheme != "none":
         _check_unit(x)  # once, not per batch
     _scale_into(x[:1], scheme, dtype, from_unit)  # validates the scheme before the loop
 

@@ -37,7 +37,7 @@ from digitlab.nn.losses import get_loss
 
 FORMAT_VERSION = 1
 HEADER_KEY = "digitlab"
-NORMALIZATIONS = ("unit", "raw", "standard")
+NORMALIZATIONS = ("unit", "raw", "standard", "none")  # "none": tabular features as given (digitlab.sklearn)
 
 
 def _digitlab_version() -> str:
@@ -213,6 +213,13 @@ class Classifier:
 
     def __repr__(self) -> str:
         return f"Classifier({self.net!r}, loss={self.loss.name!r}, normalization={self.normalization!r})"
+
+    # -- export ---------------------------------------------------------------------------------------
+    def to_onnx(self, path) -> Path:
+        """Write this model as ONNX (uint8 images in, probabilities out); see digitlab.export_onnx."""
+        from digitlab.export_onnx import export_onnx
+
+        return export_onnx(self, path)
 
 
 # -- loading ------------------------------------------------------------------------------------------
