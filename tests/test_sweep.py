@@ -63,7 +63,8 @@ epochs = 5
 dataset = "mnist"
 """, encoding="utf-8")
     spec = load_spec(path)
-    assert (spec.recipe, spec.metric, spec.trials, spec.sampler, spec.pruner) == ("mlp", "val_accuracy", 20, "tpe", "median")
+    assert (spec.recipe, spec.metric, spec.trials) == ("mlp", "val_accuracy", 20)
+    assert (spec.sampler, spec.pruner) == ("tpe", "median")
     assert spec.fixed == {"epochs": 5, "dataset": "mnist"} and spec.study == "sweep"
     kinds = {p.name: (p.kind, p.values) for p in spec.space}
     assert kinds == {"lr": ("log", (1e-4, 1e-1)), "hidden": ("choice", ([128], [256], [512, 256])),
@@ -86,7 +87,8 @@ def test_space_kinds_become_the_matching_optuna_distributions(tmp_path):
         d = trial.distributions
         assert d["lr"].log and (d["lr"].low, d["lr"].high) == (1e-4, 1e-1)
         assert not d["dropout"].log and (d["dropout"].low, d["dropout"].high) == (0.0, 0.5)
-        assert isinstance(d["shift"], optuna.distributions.IntDistribution) and (d["shift"].low, d["shift"].high) == (0, 2)
+        assert isinstance(d["shift"], optuna.distributions.IntDistribution)
+        assert (d["shift"].low, d["shift"].high) == (0, 2)
         assert d["hidden"].choices == ("[128]", "[512, 256]") and values["hidden"] in ([128], [512, 256])
         assert d["optimizer"].choices == ("adam", "sgd") and values["optimizer"] in ("adam", "sgd")
         assert 1e-4 <= values["lr"] <= 1e-1 and 0 <= values["dropout"] <= 0.5 and values["shift"] in (0, 1, 2)
@@ -248,6 +250,26 @@ lr = { log = [1e-3, 1e-2] }
     assert more[:-1] == trials and more[-1]["number"] == len(trials) and more[-1]["state"] == "COMPLETE"
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="flock is POSIX")
+def test_the_journal_lock_of_a_killed_worker_is_released_at_once(tmp_path):
+    import fcntl
+
+    path = tmp_path / "study.journal.lock"
+    code = ("import sys, time; from digitlab.sweep import FlockLock; FlockLock(sys.argv[1]).acquire(); "
+            "print('held', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        fd = os.open(path, os.O_RDWR)
+        with pytest.raises(BlockingIOError):  # held by the other process
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        holder.kill()
+        holder.wait()
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # kill -9 released it: no stale lock to wait out
+    os.close(fd)
+
+
 def _sweep_cmd(spec, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "digitlab", "sweep", str(spec), "--out", str(out), "--quiet", *extra]
 
@@ -264,18 +286,18 @@ def _wait_for(predicate, proc, seconds: float, what: str):
     pytest.fail(f"timed out waiting for {what}")
 
 
-# Trial 1 is the long one (enqueued with 60 epochs), so it is surely still running when it is interrupted.
+# Trial 1 is the long one (enqueued with 20 epochs), so it is surely still running when it is interrupted.
 LONG_SECOND_TRIAL = """
 recipe = "mlp"
 trials = 3
 report = false
 pruner = "none"
 [space]
-epochs = { choice = [1, 60] }
+epochs = { choice = [1, 20] }
 [[enqueue]]
 epochs = 1
 [[enqueue]]
-epochs = 60
+epochs = 20
 [[enqueue]]
 epochs = 1
 [[enqueue]]
@@ -299,6 +321,11 @@ def test_kill_9_loses_only_the_running_trial_and_a_rerun_continues(tmp_path):
     assert after[0] == before[0]  # the finished trial is kept as it was
     assert after[1]["state"] == "FAIL" and "interrupted" in after[1]["reason"]
     assert sorted(n for n, t in after.items() if t["state"] == "COMPLETE") == [0, 2, 3]  # 3 trials, as asked
+    # the lost trial's parameters were queued again: one more trial runs them
+    more = subprocess.run(_sweep_cmd(spec, out, "--trials", "4"), capture_output=True, text=True, timeout=300)
+    assert more.returncode == 0, more.stderr
+    retried = trials_of(out)[-1]
+    assert retried["number"] == 4 and retried["state"] == "COMPLETE" and retried["params"] == {"epochs": 20}
 
 
 # ------------------------------------------------------------------------------------------------ PostgreSQL
@@ -340,10 +367,11 @@ def postgres_url():
         if init.returncode != 0:
             pytest.skip(f"initdb failed: {init.stderr.strip().splitlines()[-1:]}")
         options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
-        start = pg("pg_ctl", "-D", str(data), "-o", options, "-l", str(folder / "server.log"), "-w", "-t", "60", "start")
+        log = folder / "server.log"
+        start = pg("pg_ctl", "-D", str(data), "-o", options, "-l", str(log), "-w", "-t", "60", "start")
         if start.returncode != 0:
-            log = (folder / "server.log").read_text(errors="replace") if (folder / "server.log").exists() else ""
-            pytest.skip(f"the PostgreSQL server did not start: {(log or start.stderr).strip().splitlines()[-1:]}")
+            why = log.read_text(errors="replace") if log.exists() else start.stderr
+            pytest.skip(f"the PostgreSQL server did not start: {why.strip().splitlines()[-1:]}")
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
         if (data / "postmaster.pid").exists():
