@@ -324,7 +324,10 @@ def _sampler(spec: Spec, worker: int):
         return optuna.samplers.GridSampler({p.name: p.grid() for p in spec.space}, seed=seed)
     if spec.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
+    # constant_liar: running trials count as bad guesses, so parallel workers do not all try the same region
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
 
 
 def _pruner(spec: Spec):
