@@ -134,6 +134,22 @@ def test_cli_reports_a_bad_spec_in_one_line(tmp_path, capsys):
     assert "not a sweep folder" in capsys.readouterr().err
 
 
+def test_an_unreachable_storage_is_one_clear_error_without_the_password(tmp_path, capsys):
+    spec = write_spec(tmp_path, 'recipe = "mlp"\n[space]\nlr = { log = [1e-3, 1e-2] }\n')
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"postgresql://digitlab:s3cret@127.0.0.1:{port}/sweeps"
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(spec), "--out", str(out), "--storage", url]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"digitlab: error: cannot open the study storage postgresql://digitlab:***@127.0.0.1:{port}")
+    assert "s3cret" not in err and "Traceback" not in err
+    assert "s3cret" not in (out / "sweep.json").read_text()
+    assert main(["sweep", "--status", str(out)]) == 1  # the study is in the database: --status needs --storage
+    assert "pass --storage URL" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------------ sweeps
 def test_three_trial_sweep_end_to_end(tmp_path, capsys):
     spec = write_spec(tmp_path, """
