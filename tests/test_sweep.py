@@ -23,6 +23,7 @@ optuna = pytest.importorskip("optuna", reason="the sweep extra is not installed 
 
 from digitlab.cli import main  # noqa: E402
 from digitlab.errors import ConfigError  # noqa: E402
+from digitlab.recipes import load_recipe  # noqa: E402
 from digitlab.sweep import load_spec, run_sweep, sweep_status  # noqa: E402
 from digitlab.train import train_recipe  # noqa: E402
 
@@ -72,6 +73,17 @@ dataset = "mnist"
     hidden = spec.param("hidden")  # list choices travel through Optuna as JSON strings and come back as lists
     assert hidden.choices() == ["[128]", "[256]", "[512, 256]"] and hidden.decode("[512, 256]") == [512, 256]
     assert spec.param("shift").grid() == [0, 1, 2]
+
+
+def test_a_recipe_file_is_found_next_to_the_spec(tmp_path, monkeypatch):
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "mine.toml").write_text('hidden = [40]\ndataset = "mnist-sample"\n', encoding="utf-8")
+    path = tmp_path / "specs" / "s.toml"
+    path.write_text('recipe = "mine.toml"\n[space]\nlr = { log = [1e-3, 1e-2] }\n', encoding="utf-8")
+    monkeypatch.chdir(tmp_path)  # not the spec's folder
+    spec = load_spec(path)
+    assert Path(spec.recipe) == tmp_path / "specs" / "mine.toml"
+    assert load_recipe(spec.recipe).hidden == (40,)
 
 
 def test_space_kinds_become_the_matching_optuna_distributions(tmp_path):

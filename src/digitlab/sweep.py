@@ -159,8 +159,8 @@ def load_spec(path) -> Spec:
         if key in raw and raw[key] < (1 if key == "trials" else 0):
             raise ConfigError(f"{where}: {key} must be >= {1 if key == 'trials' else 0}, got {raw[key]}")
     recipe = raw["recipe"]
-    if recipe.endswith(".toml") and not Path(recipe).is_absolute():
-        recipe = str(path.parent / recipe)  # a recipe file next to the spec
+    if recipe.endswith(".toml") and (path.parent / recipe).is_file():
+        recipe = str(path.parent / recipe)  # a recipe file path is relative to the spec (else to the cwd)
     space = tuple(_param(name, value, where) for name, value in raw.get("space", {}).items())
     if not space:
         raise ConfigError(f"{where}: [space] is empty; give at least one field to search, "
