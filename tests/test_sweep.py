@@ -457,3 +457,25 @@ def test_ctrl_c_fails_the_running_trial_with_its_checkpoint_and_says_how_to_cont
     run = Path(trials[1]["run_dir"])
     assert (run / "checkpoint.safetensors").is_file()  # fit() saved it on the way out
     assert json.loads((run / "trial.json").read_text())["state"] == "FAIL"
+
+
+def test_val_loss_is_minimised(tmp_path):
+    spec = load_spec(write_spec(tmp_path, """
+recipe = "mlp"
+metric = "val_loss"
+trials = 2
+report = false
+pruner = "none"
+[space]
+lr = { log = [1e-7, 1e-2] }
+[[enqueue]]
+lr = 1e-7
+[[enqueue]]
+lr = 3e-3
+""", fixed="hidden = [16]\n"))
+    result = run_sweep(spec, tmp_path / "sweep")
+    bad, good = result["trials"]
+    assert result["direction"] == "minimize" and good["value"] < bad["value"]
+    assert result["best"]["number"] == good["number"]
+    summary = json.loads((Path(good["run_dir"]) / "summary.json").read_text())
+    assert good["value"] == summary["val_loss"]
