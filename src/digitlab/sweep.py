@@ -591,7 +591,10 @@ def run_sweep(spec: Spec, out_dir, n_trials: int | None = None, workers: int = 1
             for p in procs:  # they got the same Ctrl-C and are saving their checkpoints
                 p.join()
             raise
-        died = [f"worker {i} (exit {p.exitcode})" for i, p in enumerate(procs) if p.exitcode != 0]
+        codes = [p.exitcode for p in procs]
+        if 130 in codes and all(c in (0, 130) for c in codes):  # the workers got the Ctrl-C before we did
+            raise KeyboardInterrupt
+        died = [f"worker {i} (exit {c})" for i, c in enumerate(codes) if c != 0]
         if died:
             raise DigitlabError(f"sweep {out_dir}: {', '.join(died)} stopped early; rerun the same command to "
                                 f"continue the study")
