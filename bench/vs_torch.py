@@ -170,7 +170,7 @@ def report(configs, table, args, cores: int) -> dict:
     th_med = statistics.median(r["seconds"] for r in th)
     ratios = [d["seconds"] / t["seconds"] for d, t in zip(dl, th)]
     print(f"## seed-004 epoch time, digitlab vs PyTorch (CPU float32), each side in its own process\n")
-    print(f"`python bench/vs_torch.py {' '.join(args.argv)}` — {platform.processor() or platform.machine()}, "
+    print(f"`python bench/vs_torch.py {' '.join(args.argv)}` — {platform.machine()}, "
           f"{cores} cores, {dl[0]['version']}, {th[0]['version']}, {args.epochs} epoch(s) per process, "
           f"{len(table)} rounds, load average before: {args.load_before}\n")
     print(f"### Each library's defaults (PyTorch: {th[0]['intra_op_threads']} intra-op threads, OMP_WAIT_POLICY "
