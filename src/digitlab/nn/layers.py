@@ -269,7 +269,7 @@ class Conv2D(Layer):
             x = xpad
         sn, sh, sw, sc = x.strides
         patches = xp.lib.stride_tricks.as_strided(                         # (N, Ho, Wo, k, k, C), a view
-            x, (n, ho, wo, k, k, c), (sn, s * sh, s * sw, sh, sw, sc), writeable=False)
+            x, (n, ho, wo, k, k, c), (sn, s * sh, s * sw, sh, sw, sc))     # only read (CuPy has no writeable=)
         cols = self._buf("cols", (n, ho, wo, k, k, c), x.dtype, xp, train)
         cols[...] = patches                                                # im2col: the one copy
         cols = cols.reshape(n * ho * wo, k * k * c)                        # (M, kkC)
