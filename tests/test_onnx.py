@@ -209,14 +209,20 @@ def test_onnxruntime_matches_fully_trained_default_model(trained_mlp, mnist_dir,
     assert_runtime_agrees(model, model.to_onnx(tmp_path / "mlp.onnx"), images)
 
 
-def test_sklearn_estimator_model_exports_with_float_features(tmp_path):
-    """A digitlab.sklearn model_ (normalisation "none") takes `features` float32 [N, D] as given."""
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_sklearn_estimator_model_exports_with_float_features(kind, tmp_path):
+    """A digitlab.sklearn model_ (normalisation "none") takes `features` float32 [N, D] as given; a CNN
+    reshapes each row into its 8x8 image inside the graph."""
     sklearn_datasets = pytest.importorskip("sklearn.datasets")
-    from digitlab.sklearn import MLPClassifier
+    from digitlab.sklearn import CNNClassifier, MLPClassifier
 
     X, y = sklearn_datasets.load_digits(return_X_y=True)
     X = ((X - X.mean(axis=0)) / (X.std(axis=0) + 1)).astype(np.float32)
-    clf = MLPClassifier((32,), activation="tanh", max_iter=20, random_state=0).fit(X, y)
+    if kind == "mlp":
+        clf = MLPClassifier((32,), activation="tanh", max_iter=20, random_state=0).fit(X, y)
+    else:
+        arch = [conv(8, 3, 1, "same"), {"type": "BatchNorm"}, {"type": "ReLU"}, {"type": "MaxPool2D"}, *FLAT_10]
+        clf = CNNClassifier(arch, input_shape=(8, 8), max_iter=5, learning_rate_init=0.01, random_state=0).fit(X, y)
     session = ort.InferenceSession(str(clf.model_.to_onnx(tmp_path / "digits.onnx")))
     (inp,) = session.get_inputs()
     assert inp.name == "features" and inp.type == "tensor(float)" and inp.shape == ["N", 64]
