@@ -22,7 +22,7 @@ Metadata props: classes (JSON list), recipe, digitlab_version, dataset, normaliz
 Opset 13 (IR version 7): supported by every onnxruntime since 1.6 (2020), onnxruntime-web, TensorRT >= 7.1,
 OpenVINO and the Core ML / TF converters, and the first opset whose Softmax is the per-axis softmax NumPy
 means (older ones flatten trailing dimensions). Everything exported here exists in opset 13 unchanged,
-including what a CNN needs (Conv, MaxPool, AveragePool, GlobalAveragePool, BatchNormalization, Flatten).
+including what a CNN needs (Conv, MaxPool, AveragePool, GlobalAveragePool, Reshape, Transpose, Flatten).
 """
 
 from __future__ import annotations
