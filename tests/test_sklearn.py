@@ -107,6 +107,7 @@ def test_fit_trains_through_digitlab_fit(digits, monkeypatch):
     Xtr, _, ytr, _ = digits
     clf = MLPClassifier((16,), max_iter=3, random_state=0).fit(Xtr, ytr)
     assert calls == [3] and clf.n_iter_ == 3 and len(clf.loss_curve_) == 3
+    assert clf._trainer["optimizer"].decay_mask == [True, False, True, False]  # weights decay, biases not
     clf.partial_fit(Xtr, ytr)
     assert calls == [3, 4] and clf.n_iter_ == 4  # one more epoch, continuing the same run
 
