@@ -45,6 +45,20 @@ T_CLI = "tests/test_train_cli.py"
 T_RESUME = ["tests/test_train.py::test_interrupt_then_resume_is_bit_identical",
             "tests/test_train_cli.py::test_ctrl_c_then_resume_from_cli_equals_an_uninterrupted_run"]
 T_SQUARE = ["tests/test_train_wiring.py::test_gradients_of_a_network_of_square_layers", T_LAYERS]
+T_ORDER = "tests/test_train_wiring.py::test_fit_visits_every_training_image_once_per_epoch_in_a_fresh_random_order"
+T_DIVERGE = ["tests/test_resume.py", "-k", "diverged"]
+T_SEED = "tests/test_resume.py::test_negative_seed_is_a_config_error"
+T_DECAY = "tests/test_resume.py::test_weight_decay_applies_to_weights_only_unless_the_recipe_says_so"
+T_CNN = ["tests/test_cnn.py", "-k", "conv2d or pooling or maxpool or batchnorm or whole_cnn"]
+T_AUGMENT = ["tests/test_augment.py", "-k", "warp or turn or shift or zoom or fill or random_affine or drawn"]
+T_ONECYCLE = [T_OPTIM, "-k", "onecycle"]
+T_SMOOTH = [T_LOSSES, "-k", "smoothing"]
+T_IDX = ["tests/test_idx_faults.py", "-k", "cap or zero_dimension"]
+T_FIFO = ["tests/test_idx_faults.py", "tests/test_model_file_faults.py", "-k", "fifo or device"]
+T_MODEL_NAN = ["tests/test_model_file_faults.py", "-k", "finite"]
+T_ONNX = "tests/test_onnx.py::test_cnn_on_multichannel_images"
+T_SKLEARN = "tests/test_sklearn.py::test_string_labels_probabilities_and_model"
+T_SWEEP = "tests/test_sweep.py::test_val_loss_is_minimised"
 
 
 @dataclass(frozen=True)
@@ -67,7 +81,8 @@ def M(id, kind, file, original, replacement, tests, expected=""):
 MUTANTS = [
     # -- recipe -> optimizer wiring
     M("adam-drops-weight-decay", "optimizer wiring", "train.py",
-      "return Adam(weight_decay=recipe.weight_decay)", "return Adam()", T_WIRING),
+      "opt = Adam(weight_decay=recipe.weight_decay, beta1_schedule=cycle)", "opt = Adam(beta1_schedule=cycle)",
+      T_WIRING),
     M("sgd-drops-weight-decay", "optimizer wiring", "train.py",
       'nesterov=recipe.optimizer == "nesterov", weight_decay=recipe.weight_decay)',
       'nesterov=recipe.optimizer == "nesterov", weight_decay=0.0)', T_WIRING),
@@ -95,7 +110,8 @@ MUTANTS = [
       "frac = min(step, total_steps) / total_steps", "frac = min(step + 1, total_steps) / total_steps",
       [T_OPTIM, T_WIRING]),
     M("history-lr-of-next-step", "schedule off-by-one", "train.py",
-      "schedule(state.step - 1), quiet, bar)", "schedule(state.step), quiet, bar)", [T_WIRING, T_TRAIN]),
+      "row = _epoch_row(model, data, state, schedule(state.step - 1))",
+      "row = _epoch_row(model, data, state, schedule(state.step))", [T_WIRING, T_TRAIN]),
     # -- epoch order
     M("fit-order-sequential", "shuffle -> sequential", "train.py",
       "order=recipe.order, rng=rng,", 'order="sequential", rng=rng,', T_WIRING),
@@ -103,9 +119,8 @@ MUTANTS = [
       'perm = rng.permutation(n) if order == "shuffle" else None',
       'perm = np.arange(n) if order == "shuffle" else None',
       [T_WIRING, T_DATASET]),
-    M("same-order-every-epoch", "shuffle -> sequential", "train.py",
-      "if state.batch == 0:\n                    state.start_epoch",
-      "if state.batch == 0 and state.epoch == 0:\n                    state.start_epoch", T_WIRING),
+    M("order-rng-reseeded-each-epoch", "shuffle -> sequential", "train.py",
+      "state.epoch, rngs[\"order\"])", "state.epoch, np.random.default_rng(recipe.seed))", T_WIRING),
     # -- train / validation split
     M("val-split-overlaps-by-one", "val split overlap", "data/dataset.py",
       "mask[val] = False", "mask[val[:-1]] = False", [T_WIRING, T_DATASET]),
@@ -136,15 +151,86 @@ MUTANTS = [
       "if local != background.sign:", "if local == background.sign:", T_IMAGES,
       expected="H4 (images polarity)"),
     # -- resume
-    M("resume-forgets-noise-rng", "resume", "train.py",
+    M("resume-forgets-noise-rng", "resume", "checkpoint.py",
       'rngs["noise"].bit_generator.state = state.noise_rng', "pass", T_RESUME),
     M("resume-skips-one-batch-less", "resume", "train.py",
       "for _ in range(state.batch):", "for _ in range(state.batch - 1):", T_RESUME),
-    M("resume-drops-optimizer-state", "resume", "train.py",
+    M("resume-drops-optimizer-state", "resume", "checkpoint.py",
       '**{k[len("optim."):]: v for k, v in extra.items()', "**{k: v for k, v in extra.items()", T_RESUME),
+    # -- training hardening (issue 10): the order state a checkpoint keeps, divergence, seeds, decay
+    M("checkpoint-keeps-finished-epoch-order", "resume order state", "checkpoint.py",
+      "self.order_rng = order_rng.bit_generator.state", "self.order_rng = self.order_rng",
+      [T_ORDER, "tests/test_resume.py::test_resume_from_every_kind_of_checkpoint_is_bit_identical"]),
+    M("divergence-only-non-finite", "divergence threshold", "train.py",
+      "if mean > DIVERGED_FACTOR * scale:", "if not math.isfinite(mean):", T_DIVERGE),
+    M("divergence-factor-dropped", "divergence threshold", "train.py",
+      "if mean > DIVERGED_FACTOR * scale:", "if mean > scale:", T_DIVERGE),
+    M("seed-check-wrong-field", "seed validation", "recipes/__init__.py",
+      "(r.seed >= 0, ", "(r.steps >= 0, ", T_SEED),
+    M("decay-flags-every-parameter", "weight decay on biases", "nn/layers.py",
+      "return [n in layer.decay_names for layer", "return [n in layer.param_names for layer", T_DECAY),
+    M("decay-all-flag-inverted", "weight decay on biases", "train.py",
+      "if net is not None and not recipe.decay_all:", "if net is not None and recipe.decay_all:", T_DECAY),
+    # -- CNN layers
+    M("conv-col2im-kernel-transposed", "conv backward", "nn/layers.py",
+      "+= dcols[:, :, :, i, j]", "+= dcols[:, :, :, j, i]", T_CNN),
+    M("conv-dx-ignores-padding-offset", "conv backward", "nn/layers.py",
+      "dx[:, :rows, :cols_] = dxpad[:, pt:pt + rows, pl:pl + cols_]",
+      "dx[:, :rows, :cols_] = dxpad[:, :rows, :cols_]", T_CNN),
+    M("conv-patch-strides-swapped", "conv kernel orientation", "nn/layers.py",
+      "(sn, s * sh, s * sw, sh, sw, sc)", "(sn, s * sh, s * sw, sw, sh, sc)", T_CNN),
+    M("maxpool-window-transposed", "maxpool gradient routing", "nn/layers.py",
+      "xp.equal(win[:, :, a, :, b], y, out=hit)", "xp.equal(win[:, :, b, :, a], y, out=hit)", T_CNN),
+    M("maxpool-ties-all-get-gradient", "maxpool gradient routing", "nn/layers.py",
+      "hit &= free", "pass", T_CNN),
+    M("bn-momentum-swapped", "BatchNorm running statistics", "nn/layers.py",
+      "self.running_mean[...] = mu * self.running_mean + (1 - mu) * mean",
+      "self.running_mean[...] = (1 - mu) * self.running_mean + mu * mean", T_CNN),
+    M("bn-running-var-biased", "BatchNorm running statistics", "nn/layers.py",
+      "(1 - mu) * var * (m / max(m - 1, 1))", "(1 - mu) * var", T_CNN),
+    M("bn-eval-variance-without-sqrt", "BatchNorm eval mode", "nn/layers.py",
+      "inv = (self.gamma / xp.sqrt(self.running_var + self.eps))", "inv = (self.gamma / (self.running_var + self.eps))",
+      T_CNN),
+    # -- augmentation
+    M("augment-rotation-sign", "augmentation", "augment.py",
+      "xp.asarray(np.sin(angle) / scale, dt)", "xp.asarray(np.sin(-angle) / scale, dt)", T_AUGMENT),
+    M("augment-fill-ignored", "augmentation", "augment.py",
+      "padded = xp.full((b, h + 4, pw), fill, dtype=dt)", "padded = xp.zeros((b, h + 4, pw), dtype=dt)", T_AUGMENT),
+    M("augment-degrees-as-radians", "augmentation", "augment.py",
+      "angle = u[0] * math.radians(rotate)", "angle = u[0] * rotate", T_AUGMENT),
+    # -- one-cycle and label smoothing
+    M("onecycle-phase-end-off-by-one", "one-cycle phase", "nn/optim.py",
+      "up_end = float(pct_start * total_steps) - 1.0", "up_end = float(pct_start * total_steps)", T_ONECYCLE),
+    M("onecycle-beta1-in-phase-with-lr", "one-cycle phase", "nn/optim.py",
+      "return _two_phases(high, low, high, total_steps, pct_start)",
+      "return _two_phases(low, high, low, total_steps, pct_start)", T_ONECYCLE),
+    M("smoothing-uniform-term-not-per-class", "label smoothing", "nn/losses.py",
+      "z -= z.dtype.type(eps / (c * n))", "z -= z.dtype.type(eps / n)", T_SMOOTH),
+    M("smoothing-loss-keeps-full-weight", "label smoothing", "nn/losses.py",
+      "loss = (1.0 - eps) * loss - eps *", "loss = loss - eps *", T_SMOOTH),
+    # -- data and model files
+    M("idx-cap-off-by-one", "IDX declared-size cap", "data/idx.py",
+      "if shape_bytes > max_bytes:", "if shape_bytes >= max_bytes:", T_IDX),
+    M("idx-cap-ignores-empty-shapes", "IDX declared-size cap", "data/idx.py",
+      "shape_bytes = math.prod(max(d, 1) for d in dims) * dtype.itemsize",
+      "shape_bytes = math.prod(dims) * dtype.itemsize", T_IDX),
+    M("open-regular-lets-fifo-through", "non-regular file refusal", "fsutil.py",
+      "if not stat.S_ISREG(mode):", "if stat.S_ISBLK(mode) or stat.S_ISCHR(mode):", T_FIFO),
+    M("model-file-nan-check-misses-inf", "model-file NaN check", "nn/model.py",
+      'if t.dtype.kind in "fc" and not np.isfinite(t).all():', 'if t.dtype.kind in "fc" and np.isnan(t).any():',
+      T_MODEL_NAN),
+    # -- interop and sweeps
+    M("onnx-flatten-perm-to-nchw", "ONNX Flatten transpose", "export_onnx.py",
+      "perm=[0, 2, 3, 1]", "perm=[0, 3, 1, 2]", T_ONNX),
+    M("sklearn-predict-returns-indices", "sklearn classes_ mapping", "sklearn.py",
+      "return self.classes_[self.model_.predict(X)]", "return self.model_.predict(X)", T_SKLEARN),
+    M("sweep-best-of-wrong-direction", "sweep metric direction", "sweep.py",
+      'sign = -1 if spec.direction == "maximize" else 1', 'sign = 1 if spec.direction == "maximize" else -1', T_SWEEP),
+    M("sweep-val-loss-maximised", "sweep metric direction", "sweep.py",
+      '"val_loss": "minimize"}', '"val_loss": "maximize"}', T_SWEEP),
     # -- classics
     M("ce-gradient-sign", "gradient sign", "nn/losses.py",
-      "flat[target] -= z.dtype.type(1.0 / n)", "flat[target] += z.dtype.type(1.0 / n)", T_LOSSES),
+      "flat[target] -= z.dtype.type((1.0 - eps) / n)", "flat[target] += z.dtype.type((1.0 - eps) / n)", T_LOSSES),
     M("tanh-gradient-sign", "gradient sign", "nn/layers.py",
       "xp.subtract(1, dx, out=dx)", "xp.add(1, dx, out=dx)", T_LAYERS),
     M("dropout-no-rescale", "dropout scale", "nn/layers.py",
@@ -152,7 +238,7 @@ MUTANTS = [
     M("dropout-scale-by-p", "dropout scale", "nn/layers.py",
       "mask *= mask.dtype.type(1.0 / (1.0 - self.p))", "mask *= mask.dtype.type(1.0 / self.p)", T_LAYERS),
     M("adam-no-bias-correction", "Adam bias correction", "nn/optim.py",
-      "k = lr * (1.0 - self.beta1) / (1.0 - self.beta1 ** self.t)", "k = lr", [T_OPTIM, T_WIRING]),
+      "k = lr * (1.0 - b1) / (1.0 - b1 ** self.t)", "k = lr", [T_OPTIM, T_WIRING]),
     M("adam-v-bias-correction-off", "Adam bias correction", "nn/optim.py",
       "(1.0 - self.beta2) / (1.0 - self.beta2 ** self.t) / (k * k)", "(1.0 - self.beta2) / (k * k)",
       [T_OPTIM, T_WIRING]),
@@ -161,9 +247,8 @@ MUTANTS = [
 ]
 # fmt: on
 
-# Files other helpers rewrite on their branches (issue 10): snippets there will need re-pointing after merges.
-REWRITTEN = {"train.py": "H1", "nn/layers.py": "H1", "nn/model.py": "H1", "nn/losses.py": "H2",
-             "data/sources.py": "H3", "web/app.py": "H4", "images.py": "H4"}
+# Files other helpers are rewriting on their branches: snippets there may need re-pointing after their merges.
+REWRITTEN = {"nn/layers.py": "H9, H11", "train.py": "H11", "web/app.py": "H4", "images.py": "H4"}
 
 
 def run_tests(src_root: Path, args: tuple, timeout: float) -> tuple[str, float, str]:
@@ -176,7 +261,8 @@ def run_tests(src_root: Path, args: tuple, timeout: float) -> tuple[str, float, 
     except subprocess.TimeoutExpired:
         return "timeout", time.perf_counter() - t0, f"over {timeout:.0f} s"
     lines = (done.stdout + done.stderr).strip().splitlines()
-    last = lines[-1] if lines else ""
+    failed = [line.split(" - ")[0][len("FAILED "):] for line in lines if line.startswith("FAILED ")]
+    last = f"by {failed[0]}" if failed else (lines[-1] if lines else "")  # the test that caught it, for the table
     # pytest: 0 all passed, 1 some failed, 5 nothing collected (all deselected), others: usage/internal errors
     verdict = {0: "pass", 1: "fail"}.get(done.returncode, "error")
     return verdict, time.perf_counter() - t0, last
@@ -243,7 +329,7 @@ def main(argv=None) -> int:
                 finally:
                     path.write_text(text, encoding="utf-8")
                 result = {"fail": "caught", "timeout": "caught (timeout)", "pass": "SURVIVED"}.get(verdict, "ERROR")
-                note = f"{seconds:.0f} s"
+                note = f"{seconds:.0f} s" + (f" {last}" if result.startswith("caught") else "")
                 if result == "SURVIVED":
                     if m.expected and args.allow_expected:
                         note += f"; expected until {m.expected}"

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from digitlab.augment import random_affine, warp
+from digitlab.augment import draw_params, random_affine, warp
 from digitlab.data.dataset import batches, load, normalize
 from digitlab.errors import ConfigError, DataError
 
@@ -133,6 +133,13 @@ def test_random_affine_changes_images_and_consumes_four_draws_per_image(digits):
     after = np.random.default_rng(1)
     after.random((4, 10))
     assert rng.random() == after.random()
+
+
+def test_drawn_parameters_fill_their_limits_in_radians_fractions_and_pixels():
+    angle, zoom, shift = draw_params(np.random.default_rng(0), 2000, rotate=12.0, scale=0.1, translate=2.0)
+    for values, limit in ((angle, math.radians(12.0)), (zoom - 1.0, 0.1), (shift, 2.0)):
+        assert np.abs(values).max() <= limit and np.abs(values).max() > 0.99 * limit
+        assert values.min() < 0 < values.max()
 
 
 def test_bad_arguments_are_clear_errors(digits):
