@@ -67,6 +67,19 @@ def test_corrupt_cached_file_is_repaired_from_a_working_mirror(capsys, toy):
     assert [p.name for p in files_under(folder.parent)] == sorted(f"{s}.gz" for s in STEMS.values())
 
 
+def test_cached_file_with_a_wrong_checksum_is_repaired_from_a_working_mirror(capsys, toy):
+    # well-formed IDX with one label changed: only its checksum tells it from the real file
+    wrong = ARRAYS[STEMS["test_labels"]].copy()
+    wrong[0] = (wrong[0] + 1) % 10
+    with FileServer(routes("b")) as srv:
+        folder = toy(srv.url("b/"))
+        (folder / BAD_NAME).write_bytes(gz(wrong))
+        rc, out, err = run(capsys, "data", "fetch", "toy", "--json")
+        assert rc == 0, err
+        assert json.loads(out)["found_by"] == "download" and srv.hits == ["/b/" + BAD_NAME]
+    assert gzip.decompress((folder / BAD_NAME).read_bytes()) == idx_bytes(ARRAYS[STEMS["test_labels"]])
+
+
 def test_corrupt_cache_and_no_working_mirror_is_one_clear_error(capsys, toy):
     with FileServer({}) as srv:  # every file 404
         folder = toy(srv.url("a/"))
