@@ -165,6 +165,16 @@ def make_set(images: np.ndarray, labels: np.ndarray, n_photo: int, n_canvas: int
     return out
 
 
+def train_sample_model(out_dir: Path) -> Path:
+    """A small MLP trained on the bundled mnist-sample (a few seconds, no download, about 90 % right): for
+    tests that need a real model but not a good one (refusals, limits, the page's wiring)."""
+    from digitlab.train import train_recipe
+
+    overrides = {"dataset": "mnist-sample", "epochs": 3, "hidden": [64], "shift": 0}
+    return Path(train_recipe("mlp", overrides=overrides, out_dir=Path(out_dir) / "sample-run", quiet=True,
+                             report=False).model_path)
+
+
 def _main(argv: list[str]) -> int:
     import gzip
 

@@ -16,7 +16,7 @@ import zlib
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw, ImageFilter
 
@@ -97,6 +97,45 @@ def test_polarity_dark_on_light_equals_light_on_dark(reference_input):
         assert found and y[0, 0] == 0 and mad(y, reference_input) < 6.0
 
 
+def _paper_beside_a_region(paper, ink, region, stroke=0.06, share=0.3):
+    """A digit on grey paper with a white sheet (or a black desk) over the left `share` of the picture."""
+    img = draw_digit((800, 600), (0.65, 0.5), 0.45, stroke, paper=paper, ink=ink)
+    ImageDraw.Draw(img).rectangle((0, 0, int(800 * share), 600), fill=region)
+    return img
+
+
+@pytest.mark.parametrize(
+    ("paper", "ink", "region", "fit_is_wrong"),
+    [(150, 20, 255, True), (120, 250, 0, True), (200, 40, 255, False), (60, 220, 0, False)],
+)
+def test_local_contrast_decides_the_polarity_when_the_tails_are_balanced(paper, ink, region, fit_is_wrong, reference_input):
+    """A region brighter (darker) than the paper balances the residual's tails: the surface fit alone is unsure
+    (and in two of these cases picks the wrong side); the strokes' local contrast must decide."""
+    from digitlab.images import DEFAULT_CONFIG, _Background, _local_polarity, _resize_longer, _tail_balance
+
+    img = _paper_beside_a_region(paper, ink, region)
+    coarse, _ = _resize_longer(img, DEFAULT_CONFIG.coarse_size)
+    g = np.asarray(coarse, dtype=np.float32)
+    fit = _Background.fit(g)
+    want = -1.0 if ink < paper else 1.0
+    # the case really takes the local-contrast branch, and the fit alone is wrong where the table says so
+    assert abs(_tail_balance(g - fit.at_grid(g.shape), max(fit.sigma, 1.0))) < DEFAULT_CONFIG.sure_polarity
+    assert (fit.sign != want) == fit_is_wrong
+    assert _local_polarity(coarse) == want
+    x, found = to_mnist(img)
+    assert found and x[0, 0] == 0 and mad(x, reference_input) < 6.0
+
+
+def test_local_polarity_follows_the_strokes_not_a_step():
+    """Image minus its blur: thin dark strokes on a light field with a dark step -> -1; inverted -> +1."""
+    from digitlab.images import _local_polarity
+
+    img = draw_digit((256, 192), (0.6, 0.5), 0.5, 0.05, paper=200, ink=30)
+    ImageDraw.Draw(img).rectangle((0, 0, 80, 192), fill=90)  # a darker desk: a step, both tails
+    assert _local_polarity(img) == -1.0
+    assert _local_polarity(Image.eval(img, lambda v: 255 - v)) == 1.0
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     w=st.integers(60, 900),
@@ -107,6 +146,8 @@ def test_polarity_dark_on_light_equals_light_on_dark(reference_input):
     width=st.floats(0.04, 0.2),
     dark=st.booleans(),
 )
+# the centre was chosen on the float image, then rounded to uint8, which moved it across the half pixel (14.5023)
+@example(w=825, h=98, cx=0.3, cy=0.69921875, height=0.515625, width=0.078125, dark=False)
 def test_any_placement_is_centred_in_the_20px_box(w, h, cx, cy, height, width, dark):
     img = draw_digit((w, h), (cx, cy), height, width, ink=0 if dark else 255, paper=255 if dark else 0)
     x, found = to_mnist(img)
@@ -364,6 +405,9 @@ BAD = {
     "half.jpg": (_truncated("JPEG"), "truncated"),
     "bomb.png": (png_claiming(50_000, 50_000), "too large: 50000×50000 pixels"),
     "big.png": (png_claiming(10_000, 10_000), "too large: 10000×10000 pixels"),
+    "under-pillow.png": (png_claiming(9400, 9400), "too large: 9400×9400 pixels (limit 16,000,000 pixels"),
+    "strip.png": (png_claiming(1, 89_000_000), "too large: 1×89000000 pixels"),
+    "long.png": (png_claiming(4000, 150), "too elongated: 4000×150 pixels (at most 20:1)"),
 }
 
 
@@ -377,6 +421,64 @@ def test_bad_files_give_one_clear_error(tmp_path, name):
     message = str(err.value)
     assert str(path) in message and problem in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("name", ["under-pillow.png", "strip.png", "long.png"])
+def test_bombs_under_pillows_limit_are_refused_before_decoding(name, monkeypatch):
+    """Refused from the header alone: decoding the pixels would fail the test."""
+
+    def no_decoding(self, *args):
+        raise AssertionError("pixels were decoded")
+
+    monkeypatch.setattr(Image.Image, "load", no_decoding)
+    monkeypatch.setattr(Image.Image, "seek", no_decoding)
+    with pytest.raises(ImageError, match="too (large|elongated)"):
+        load_image(BAD[name][0], name=name)
+
+
+def test_large_jpegs_are_decoded_at_a_reduced_scale_and_other_pictures_reduced(reference_input):
+    from digitlab.images import REDUCE_PIXELS
+
+    big = draw_digit((4000, 3000), (0.5, 0.5), 0.5, 0.06)  # 12 MP
+    for fmt, most in (("JPEG", REDUCE_PIXELS), ("PNG", REDUCE_PIXELS)):
+        img = load_image(encode(big, fmt))
+        assert img.size[0] * img.size[1] <= most and img.size[0] / img.size[1] == 4 / 3, (fmt, img.size)
+        assert img.size[0] >= 1000  # reduced by a small integer factor, not thumbnailed
+        x, found = to_mnist(img)
+        assert found and mad(x, reference_input) < 6.0, fmt
+    # a JPEG whose draft would still decode too many pixels is refused from the header
+    with pytest.raises(ImageError, match="too large: 4000×3000 pixels"):
+        load_image(encode(big, "JPEG"), max_pixels=100_000)
+
+
+def test_files_that_are_not_regular_files_are_refused_without_reading(tmp_path):
+    import os
+
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)  # nobody writes to it: reading would wait forever
+    with pytest.raises(ImageError, match=r"fifo\.png: not a regular file \(a named pipe \(FIFO\)\)"):
+        load_image(fifo)
+    with pytest.raises(ImageError, match=r"/dev/zero: not a regular file \(a character device\)"):
+        load_image("/dev/zero")
+
+
+def test_streams_are_read_up_to_the_limit_only():
+    from digitlab.images import read_bytes
+
+    class Endless(io.RawIOBase):  # like `predict - </dev/zero`
+        asked = []
+
+        def read(self, n=-1):
+            self.asked.append(n)
+            assert n >= 0, "an unbounded read of an endless stream"
+            return b"\0" * n
+
+    with pytest.raises(ImageError, match="<stdin>: too large: more than 1,000 bytes"):
+        read_bytes(Endless(), "<stdin>", limit=1000)
+    assert Endless.asked == [1001]
+    assert read_bytes(io.BytesIO(b"abc"), "x", limit=3) == b"abc"
+    with pytest.raises(ImageError, match="too large"):
+        read_bytes(b"abcd", "x", limit=3)
 
 
 def test_missing_file_directory_and_bad_arrays(tmp_path):

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from photolike import make_set  # noqa: E402
+from photolike import make_set, train_sample_model  # noqa: E402
 from test_images import png_claiming  # noqa: E402
 
 import digitlab  # noqa: E402
@@ -38,6 +38,12 @@ def mnist_test(mnist_dir):
 @pytest.fixture(scope="module")
 def model(trained_mlp):
     return digitlab.load(trained_mlp.model_path)
+
+
+@pytest.fixture(scope="module")
+def sample_model_path(tmp_path_factory) -> Path:
+    """A small model trained on the bundled sample: for checks that need no accurate model (never skips)."""
+    return train_sample_model(tmp_path_factory.mktemp("sample-model"))
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
@@ -250,3 +256,84 @@ def test_cli_bad_model_and_bad_top(trained_mlp, tmp_path, capsys):
     assert code == 1 and err.startswith("digitlab: error:") and str(fake) in err and len(err.splitlines()) == 1
     code, _, err = run_cli(capsys, "predict", trained_mlp.model_path, image, "--top", "0")
     assert code == 1 and "--top" in err
+
+
+# ------------------------------------------------------------------------------ files that are not files
+def test_cli_refuses_fifos_and_devices_and_goes_on(sample_model_path, tmp_path, capsys):
+    """`predict MODEL fifo.png good.png` used to wait forever on the FIFO; /dev/zero grew to gigabytes."""
+    import os
+
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    good = tmp_path / "good.png"
+    seven().save(good)
+    code, out, err = run_cli(capsys, "predict", sample_model_path, fifo, "/dev/zero", good, "--json")
+    assert code == 1
+    fifo_rec, zero_rec, good_rec = json.loads(out)
+    assert fifo_rec["error"] == f"{fifo}: not a regular file (a named pipe (FIFO)); images are read from files only"
+    assert zero_rec["error"].startswith("/dev/zero: not a regular file (a character device)")
+    assert good_rec["error"] is None and good_rec["digit"] in range(10)
+
+
+def test_cli_stdin_is_read_up_to_the_cap(sample_model_path, tmp_path, capsys, monkeypatch):
+    """`predict MODEL - </dev/zero`: stdin is read up to MAX_FILE_BYTES + 1, then that input is refused."""
+    from digitlab.images import MAX_FILE_BYTES
+
+    class Zeros(io.RawIOBase):
+        def read(self, n=-1):
+            assert 0 <= n <= MAX_FILE_BYTES + 1, f"unbounded read of stdin ({n})"
+            return bytes(n)
+
+    class Stdin:
+        buffer = Zeros()
+
+    monkeypatch.setattr(sys, "stdin", Stdin)
+    good = tmp_path / "good.png"
+    seven().save(good)
+    code, out, err = run_cli(capsys, "predict", sample_model_path, "-", good)
+    assert code == 1
+    assert err.strip() == f"digitlab: error: <stdin>: too large: more than {MAX_FILE_BYTES:,} bytes"
+    assert out.startswith(f"{good}: ")
+
+
+def test_cli_a_251_character_name_with_show_input_is_fine_and_alone(sample_model_path, tmp_path, capsys):
+    """File names are at most 255 bytes: NAME-x10.png (and its temporary name) must still fit."""
+    long = tmp_path / ("a" * 247 + ".png")
+    seven().save(long)
+    good = tmp_path / "good.png"
+    seven().save(good)
+    shown = tmp_path / "shown"
+    code, out, err = run_cli(capsys, "predict", sample_model_path, long, good, "--show-input", shown, "--json")
+    assert code == 0, err
+    long_rec, good_rec = json.loads(out)
+    assert long_rec["error"] is None and Path(long_rec["input"]).name == "a" * 200 + ".png"
+    assert (shown / ("a" * 200 + "-x10.png")).is_file() and good_rec["input"] == str(shown / "good.png")
+
+
+def test_cli_a_write_failure_is_that_images_error_only(sample_model_path, tmp_path, capsys, monkeypatch):
+    from digitlab.commands import predict as predict_cmd
+    from digitlab.errors import DigitlabError
+
+    real_write = predict_cmd._InputWriter.write
+
+    def write(self, file, x):
+        if "bad" in file:
+            raise DigitlabError(f"{self.folder}/bad.png: cannot write here: File name too long")
+        return real_write(self, file, x)
+
+    monkeypatch.setattr(predict_cmd._InputWriter, "write", write)
+    for name in ("bad.png", "good.png"):
+        seven().save(tmp_path / name)
+    code, out, err = run_cli(capsys, "predict", sample_model_path, tmp_path / "bad.png", tmp_path / "good.png",
+                             "--show-input", tmp_path / "shown")
+    assert code == 1
+    assert err.count("\n") == 1 and "bad.png: cannot write its 28x28 input:" in err
+    assert f"{tmp_path / 'good.png'}: " in out
+
+
+def test_cli_refuses_a_decompression_bomb_under_pillows_limit(sample_model_path, tmp_path, capsys):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_claiming(9400, 9400))
+    code, _, err = run_cli(capsys, "predict", sample_model_path, bomb)
+    assert code == 1 and err.strip() == (
+        f"digitlab: error: {bomb}: too large: 9400×9400 pixels (limit 16,000,000 pixels; possible decompression bomb)")

@@ -35,6 +35,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +45,10 @@ import numpy as np
 
 from digitlab.errors import ImageError
 
-MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb warning limit (about 9459 x 9459)
-MAX_FILE_BYTES = 256 * 1024 * 1024  # no picture of a digit is bigger; refuse before reading it
+MAX_PIXELS = 16_000_000  # declared width x height above this is refused before decoding (a 16 MP photo fits)
+MAX_ASPECT = 20  # longer side / shorter side above this is refused before decoding (no digit is a 1-px strip)
+REDUCE_PIXELS = 6_000_000  # larger pictures are decoded (JPEG) or reduced right after decoding to about this size
+MAX_FILE_BYTES = 64 * 1024 * 1024  # no picture of a digit is bigger; never read more than this (files, stdin)
 MNIST_CENTER = 14.0  # MNIST digits have their intensity centre of mass at pixel index (14, 14)
 
 
@@ -88,14 +91,19 @@ def load_image(src: Any, *, name: str | None = None, max_pixels: int = MAX_PIXEL
 
     Takes the first frame of animations, applies the EXIF orientation, maps 16-bit/float/CMYK/palette
     images to 8-bit grey or RGB and flattens transparency onto white (onto black when the opaque content
-    itself is light, so white strokes on a transparent canvas stay visible). Any problem raises
-    `ImageError` naming the file: "empty file", "not an image", "truncated or corrupt", "too large".
+    itself is light, so white strokes on a transparent canvas stay visible). Files and streams are read up
+    to MAX_FILE_BYTES; the size a header declares is judged before any pixel is decoded (at most `max_pixels`
+    pixels, at most MAX_ASPECT:1); large JPEGs are decoded at a reduced scale and other large pictures
+    reduced by an integer factor right after decoding (to about REDUCE_PIXELS). Any problem raises
+    `ImageError` naming the file: "empty file", "not a regular file", "not an image", "truncated or corrupt",
+    "too large", "too elongated".
     """
     from PIL import Image
 
     label = _source_name(src, name)
     if isinstance(src, Image.Image):
         img = src
+        _check_size(img.size, label, max_pixels)
         try:
             img.load()  # an Image.open() result is lazy: its pixels may still be unread (or broken)
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -103,49 +111,87 @@ def load_image(src: Any, *, name: str | None = None, max_pixels: int = MAX_PIXEL
     elif isinstance(src, np.ndarray):
         img = _array_to_image(src, label)
     else:
-        img = _open(src, label, max_pixels)
+        img = _open(read_bytes(src, label), label, max_pixels)
     w, h = img.size
-    if w * h > max_pixels:
-        raise ImageError(f"{label}: too large: {w}×{h} pixels (limit {max_pixels:,} pixels)")
     if w == 0 or h == 0:
         raise ImageError(f"{label}: empty image ({w}×{h} pixels)")
-    return _normalise_mode(_orient(img), label)
+    return _normalise_mode(_reduce(_orient(img)), label)
 
 
-def _open(src: Any, label: str, max_pixels: int):
-    from PIL import Image, UnidentifiedImageError
-
+def read_bytes(src: Any, label: str, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a path (regular files only: a FIFO or device is refused, never waited on), a bytes
+    object or a binary stream (stdin), never more than `limit`; ImageError otherwise."""
     if isinstance(src, (str, os.PathLike)):
-        path = Path(src)
-        try:
-            size = path.stat().st_size
-            if size > MAX_FILE_BYTES and path.is_file():
-                raise ImageError(f"{label}: too large: {size:,} bytes (limit {MAX_FILE_BYTES:,} bytes)")
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise ImageError(f"{label}: no such file") from None
-        except IsADirectoryError:
-            raise ImageError(f"{label}: is a directory, not an image") from None
-        except OSError as exc:
-            raise ImageError(f"{label}: cannot read: {exc.strerror or exc}") from None
+        data = _read_regular_file(Path(src), label, limit)
     elif isinstance(src, (bytes, bytearray, memoryview)):
         data = bytes(src)
     elif hasattr(src, "read"):
-        data = src.read()
+        data = src.read(limit + 1)
         if isinstance(data, str):
             raise ImageError(f"{label}: opened in text mode; images are binary")
     else:
         raise ImageError(f"{label}: cannot read an image from a {type(src).__name__}")
+    if len(data) > limit:
+        raise ImageError(f"{label}: too large: more than {limit:,} bytes")
     if len(data) == 0:
         raise ImageError(f"{label}: empty file (0 bytes)")
+    return data
+
+
+_FILE_KINDS = {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+               stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a directory"}
+
+
+def _read_regular_file(path: Path, label: str, limit: int) -> bytes:
+    try:  # O_NONBLOCK: opening a FIFO must not wait for a writer; the kind is then checked on the open file
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise ImageError(f"{label}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{label}: is a directory, not an image") from None
+    except OSError as exc:
+        raise ImageError(f"{label}: cannot read: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        kind = stat.S_IFMT(info.st_mode)
+        if kind == stat.S_IFDIR:
+            raise ImageError(f"{label}: is a directory, not an image")
+        if kind != stat.S_IFREG:
+            raise ImageError(f"{label}: not a regular file ({_FILE_KINDS.get(kind, 'a special file')}); images are read from files only")
+        if info.st_size > limit:
+            raise ImageError(f"{label}: too large: {info.st_size:,} bytes (limit {limit:,} bytes)")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read(limit + 1)
+    except OSError as exc:
+        raise ImageError(f"{label}: cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+
+
+def _check_size(size: tuple[int, int], label: str, max_pixels: int, decoded: tuple[int, int] | None = None) -> None:
+    """Refuse a picture by the size its header declares (`decoded`: the size a JPEG draft will decode), before a
+    single pixel is decoded."""
+    w, h = size
+    dw, dh = decoded or size
+    if dw * dh > max_pixels:
+        raise ImageError(f"{label}: too large: {w}×{h} pixels (limit {max_pixels:,} pixels; possible decompression bomb)")
+    if min(w, h) > 0 and max(w, h) > MAX_ASPECT * min(w, h):
+        raise ImageError(f"{label}: too elongated: {w}×{h} pixels (at most {MAX_ASPECT}:1)")
+
+
+def _open(data: bytes, label: str, max_pixels: int):
+    from PIL import Image, UnidentifiedImageError
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's chatter about odd metadata in files it can still read
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
-            w, h = img.size
-            if w * h > max_pixels:
-                raise ImageError(f"{label}: too large: {w}×{h} pixels (limit {max_pixels:,} pixels)")
+            declared = img.size
+            if img.format in ("JPEG", "MPO") and declared[0] * declared[1] > REDUCE_PIXELS:
+                f = math.sqrt(declared[0] * declared[1] / REDUCE_PIXELS)  # JPEG decodes at 1/2, 1/4 or 1/8 scale
+                img.draft(None, (max(1, int(declared[0] / f)), max(1, int(declared[1] / f))))
+            _check_size(declared, label, max_pixels, decoded=img.size)
             img.seek(0)  # first frame of a GIF/APNG/multi-page TIFF
             img.load()
     except ImageError:
@@ -156,9 +202,22 @@ def _open(src: Any, label: str, max_pixels: int):
         size = _claimed_size(data)
         what = f"{size[0]}×{size[1]} pixels" if size else str(exc)
         raise ImageError(f"{label}: too large: {what} (limit {max_pixels:,} pixels; possible decompression bomb)") from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, ZeroDivisionError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, ZeroDivisionError, MemoryError) as exc:
         raise ImageError(f"{label}: truncated or corrupt image data ({exc})") from None
     return img
+
+
+def _reduce(img):
+    """Pictures over REDUCE_PIXELS -> an integer-factor box reduction (the digit needs ~100 px; saves memory)."""
+    w, h = img.size
+    k = math.ceil(math.sqrt(w * h / REDUCE_PIXELS))
+    if k <= 1:
+        return img
+    if img.mode in ("P", "PA"):  # palette indices cannot be averaged
+        img = img.convert("RGBA")
+    elif img.mode == "1" or img.mode.startswith("I;16"):
+        img = img.convert("L" if img.mode == "1" else "I")
+    return img.reduce(k)
 
 
 def _claimed_size(data: bytes) -> tuple[int, int] | None:
@@ -621,20 +680,22 @@ def _place(a: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     src = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
     img = Image.fromarray(padded.astype(np.float32), mode="F")
     small = np.asarray(img.resize((config.box, config.box), Image.Resampling.BOX, box=src), dtype=np.float32)
-    small = np.clip(small, 0.0, None)  # (20, 20)
-    total = float(small.sum())
-    if total <= 0:
+    peak = float(small.max())
+    if peak <= 0:
         return np.zeros((config.size, config.size), dtype=np.uint8)
+    small = np.clip(np.rint(small * (255.0 / peak)), 0, 255).astype(np.uint8)  # (20, 20)
+    # the centre of mass of the pixels actually returned: rounding to uint8 moves it by up to ~0.01 px, enough
+    # to cross the half-pixel boundary when measured on the float image
+    total = float(small.sum())
     idx = np.arange(config.box)
     com_y = float(small.sum(axis=1) @ idx) / total
     com_x = float(small.sum(axis=0) @ idx) / total
     limit = config.size - config.box
     oy = int(np.clip(round(config.center - com_y), 0, limit))
     ox = int(np.clip(round(config.center - com_x), 0, limit))
-    out = np.zeros((config.size, config.size), dtype=np.float32)
+    out = np.zeros((config.size, config.size), dtype=np.uint8)
     out[oy : oy + config.box, ox : ox + config.box] = small  # (20, 20) -> (28, 28)
-    out *= 255.0 / float(out.max())
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return out
 
 
 # ------------------------------------------------------------------------------------------- prediction

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from digitlab.commands._common import add_json_flag, emit
-from digitlab.errors import ConfigError, ImageError
+from digitlab.errors import ConfigError, DigitlabError, ImageError
+
+MAX_STEM_BYTES = 200  # file names are at most 255 bytes; leaves room for "-x10.png", "-2" and the .tmp name
 
 
 def register(subparsers) -> None:
@@ -58,12 +60,17 @@ def _image_suffixes() -> set[str]:
 
 def expand_inputs(args: list[str], stdin=None) -> list[Item]:
     """Files, folders (their images, sorted), glob patterns (sorted matches) and `-` (stdin bytes)."""
+    from digitlab.images import read_bytes
+
     items: list[Item] = []
     suffixes = None
     for arg in args:
         if arg == "-":
             stream = stdin if stdin is not None else sys.stdin.buffer
-            items.append(Item("-", stream.read()))
+            try:  # capped: `- </dev/zero` must not read forever
+                items.append(Item("-", read_bytes(stream, "<stdin>")))
+            except ImageError as exc:
+                items.append(Item("-", error=str(exc)))
             continue
         path = Path(arg)
         if path.is_dir():
@@ -97,6 +104,7 @@ class _InputWriter:
 
     def name_for(self, file: str) -> str:
         stem = "stdin" if file == "-" else (Path(file).stem or "image")
+        stem = stem.encode("utf-8", "surrogateescape")[:MAX_STEM_BYTES].decode("utf-8", "surrogateescape")
         name, n = stem, 1
         while name in self.used:
             n += 1
@@ -160,6 +168,8 @@ def cmd_predict(args) -> int:
                         line += f"  (input: {record['input']})"
                     except OSError as exc:
                         record["error"] = f"{item.file}: cannot write its 28x28 input to {writer.folder}: {exc.strerror or exc}"
+                    except DigitlabError as exc:  # that image's problem only; the batch goes on
+                        record["error"] = f"{item.file}: cannot write its 28x28 input: {exc}"
                 if not args.json:
                     print(line, flush=True)
         if record["error"] is not None:
