@@ -4,7 +4,10 @@
     digitlab serve runs/mlp/model.safetensors --port 8080
     digitlab serve --port 0 --json              # a free port; prints {"url": ..., "model": ...} as JSON
 
-The server binds to localhost unless --host says otherwise, prints its URL, and runs until Ctrl-C.
+The server binds to localhost unless --host says otherwise, prints its URL, and runs until Ctrl-C. It answers
+only requests addressed to localhost/127.0.0.1/::1 and the --host name (more with --allow-host), takes POSTs only
+from its own pages (more with --allow-origin), and bounds what clients can hold: HEADER_TIMEOUT seconds to send
+the request head, 30 s for the body, MAX_CONNECTIONS open connections, keep-alive KEEP_ALIVE seconds.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from digitlab.commands._common import add_json_flag, emit
 from digitlab.errors import ConfigError, ModelFileError
 
 DEFAULT_RECIPE = "mlp"
+HEADER_TIMEOUT = 10.0  # seconds a client has to send a request's head (uvicorn has no such timeout itself)
+KEEP_ALIVE = 5  # seconds an idle keep-alive connection stays open
+MAX_CONNECTIONS = 100  # open connections; past it uvicorn answers 503 and new ones are closed at once
 
 
 def register(subparsers) -> None:
@@ -31,6 +37,11 @@ def register(subparsers) -> None:
     p.add_argument("--host", type=str, default="127.0.0.1",
                    help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000; 0 picks a free one)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests addressed to this host name (repeatable; '*' = any, e.g. behind a "
+                        "proxy). Default: localhost, 127.0.0.1, ::1 and the --host name")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let pages of this origin (e.g. http://myapp.example:3000) POST to the API (repeatable)")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"),
                    help="where to look for trained runs, and to put a new one (default: runs)")
     add_json_flag(p)
@@ -50,8 +61,20 @@ def run(args) -> int:
     emit(args, {"url": url, "model": str(model_path), "host": args.host, "port": port},
          f"digitlab: serving {model_path} at {url}  (API docs: {url}docs; Ctrl-C stops)")
     sys.stdout.flush()  # the URL must show up now, also when stdout is a pipe
-    serve_socket(model, sock)
+    serve_socket(model, sock, allowed_hosts=allowed_hosts(args.host, args.allow_host),
+                 allowed_origins=args.allow_origin)
     return 0
+
+
+def allowed_hosts(host: str, extra: list[str]) -> list[str]:
+    """Host header names the server answers: the local names, the bound name (unless a wildcard address)."""
+    from digitlab.web.app import LOCAL_HOSTS
+
+    names = list(LOCAL_HOSTS)
+    if host not in ("0.0.0.0", "::", ""):
+        bare = host.strip("[]").lower()
+        names.append(f"[{bare}]" if ":" in bare else bare)  # an IPv6 Host header keeps its brackets
+    return names + [h.lower() for h in extra]
 
 
 def newest_model(runs_dir: Path) -> Path | None:
@@ -105,18 +128,68 @@ def bind_socket(host: str, port: int):
     return sock
 
 
-def serve_socket(model, sock) -> None:
+def serve_socket(model, sock, allowed_hosts=None, allowed_origins=()) -> None:
     """Run uvicorn on an already bound socket until Ctrl-C."""
-    import uvicorn
-
-    from digitlab.web import create_app
-
-    config = uvicorn.Config(create_app(model), log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
+    server = make_server(model, allowed_hosts=allowed_hosts, allowed_origins=allowed_origins)
     try:
         server.run(sockets=[sock])
     finally:
         sock.close()
+
+
+def make_server(model, *, allowed_hosts=None, allowed_origins=(), header_timeout: float = HEADER_TIMEOUT,
+                max_connections: int = MAX_CONNECTIONS):
+    """The uvicorn.Server for `model`'s app with digitlab's limits (not started)."""
+    import uvicorn
+
+    from digitlab.web import create_app
+    from digitlab.web.app import LOCAL_HOSTS
+
+    app = create_app(model, allowed_hosts=allowed_hosts or LOCAL_HOSTS, allowed_origins=allowed_origins)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, http=_guarded_h11(header_timeout, max_connections),
+                            limit_concurrency=max_connections, timeout_keep_alive=KEEP_ALIVE,
+                            h11_max_incomplete_event_size=16 * 1024)
+    return uvicorn.Server(config)
+
+
+def _guarded_h11(header_timeout: float, max_connections: int):
+    """uvicorn's h11 protocol, plus what it lacks against slow clients: a connection that has not sent a complete
+    request head within `header_timeout` seconds (at the start, or after a response) is closed, and connections
+    past `max_connections` are closed as soon as they are accepted (uvicorn's limit_concurrency answers 503 only
+    once a request head has arrived)."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11Protocol(H11Protocol):
+        _head_timer = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                transport.close()
+                return
+            self._arm_head_timer()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm_head_timer()
+
+        def connection_lost(self, exc) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            super().connection_lost(exc)
+
+        def _arm_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            self._head_timer = self.loop.call_later(header_timeout, self._head_too_slow)
+
+        def _head_too_slow(self) -> None:
+            idle = self.cycle is None or self.cycle.response_complete  # no request being answered
+            if idle and self.conn.their_state in (h11.IDLE, h11.SEND_BODY) and not self.transport.is_closing():
+                self.transport.close()
+
+    return GuardedH11Protocol
 
 
 def _url_host(host: str) -> str:

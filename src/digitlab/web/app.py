@@ -16,23 +16,35 @@ Routes
                            /docs-static/ (shipped by the fastapi-offline package), never from a CDN. No /redoc:
                            ReDoc fetches its logo from a CDN even when its script is local.
 
-Hardening: a body over `max_upload_bytes` (5 MB) is refused with 413 from its Content-Length, and, when that
-header is absent or lies, as soon as the bytes counted while streaming pass the limit, so a large upload is
-never held whole in memory. Bytes that are not an image give 415, an image that cannot be decoded or used 422,
-each with a message in "detail". Static files come from the package's own folder through StaticFiles; nothing
-taken from a request is ever used as a path. Prediction runs in the threadpool, so the event loop keeps serving,
-and every call into the model goes through one lock, so concurrent requests never share a layer's buffers.
+Hardening (the limits are create_app's arguments; `digitlab serve` sets them from its flags):
+- Body: refused with 413 from a Content-Length over `max_upload_bytes` (5 MB) before reading a byte ("declares
+  N bytes"), and, when that header is absent or lies, as soon as the bytes counted while streaming pass the
+  limit ("more than N MB arrived"), so a large upload is never held whole in memory. The whole body must
+  arrive within `body_timeout` seconds (408); a client that leaves mid-upload ends the request quietly.
+- Images: bytes that are not an image give 415, an image that cannot be decoded or used 422, each with a
+  message in "detail"; a picture is judged by the size its header declares before decoding (see
+  digitlab.images); at most `max_decodes` uploads are decoded at once; one that finds no free slot within
+  `decode_wait` seconds gets 503 with Retry-After (a bounded wait, never a queue that starves /healthz).
+- Browsers: a request whose Host is not in `allowed_hosts` gets 400 (DNS rebinding: another site's name
+  resolving to this machine); a POST from a page of another origin (Origin, else Sec-Fetch-Site) gets 403
+  unless that origin is in `allowed_origins` (which also get CORS headers). A plain HTML form or `fetch` with
+  text/plain from any web site can therefore not make this server work.
+- Static files come from the package's own folder through StaticFiles; nothing taken from a request is ever
+  used as a path. Prediction runs in the threadpool, so the event loop keeps serving, and every call into the
+  model goes through one lock, so concurrent requests never share a layer's buffers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import io
 import threading
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
@@ -46,6 +58,11 @@ import digitlab
 from digitlab.errors import DigitlabError
 
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
+MAX_DECODES = 2  # uploads decoded at once; each may take a few hundred MB for a 16 MP picture
+DECODE_WAIT = 5.0  # seconds an upload may wait for a decode slot before 503
+BODY_TIMEOUT = 30.0  # seconds for a whole upload to arrive
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # Host header names accepted by default (IPv6 in brackets)
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 STATIC_PACKAGE = ("digitlab.web", "static")
 DOCS_STATIC_URL = "/docs-static"  # Swagger UI 5 assets from the fastapi-offline package
 
@@ -68,6 +85,39 @@ class Health(BaseModel):
 
 class _BodyTooLarge(Exception):
     pass
+
+
+class SameOriginWrites:
+    """ASGI middleware: refuse (403) a state-changing request a browser sent from a page of another origin.
+
+    Browsers send `Origin` with every POST; a "simple" request (a form, or fetch with text/plain) is sent
+    without a CORS preflight, so the server itself must refuse it. Same origin means the Origin's host:port is
+    the request's Host; `allowed_origins` (exact "scheme://host[:port]" strings) are let through as well.
+    Requests without Origin (curl, scripts) are judged by Sec-Fetch-Site when a browser sent that.
+    """
+
+    def __init__(self, app, allowed_origins: Iterable[str] = ()) -> None:
+        self.app = app
+        self.allowed = {o.rstrip("/").lower() for o in allowed_origins}
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] not in SAFE_METHODS:
+            from starlette.datastructures import Headers
+            from starlette.responses import JSONResponse
+
+            headers = Headers(scope=scope)
+            origin = headers.get("origin")
+            if origin is not None:
+                cross = origin.lower() not in self.allowed and urlsplit(origin).netloc.lower() != headers.get("host", "").lower()
+            else:
+                cross = headers.get("sec-fetch-site") == "cross-site"
+            if cross:
+                what = f"from {origin}" if origin is not None else "from another site"
+                detail = (f"cross-origin request {what} refused; to allow a page there, start the server with "
+                          f"--allow-origin {origin or 'ORIGIN'}")
+                await JSONResponse({"detail": detail}, status_code=403)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class SerializedModel:
@@ -96,9 +146,27 @@ class SerializedModel:
         return attr
 
 
-def create_app(model, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> FastAPI:
-    """Build the app serving `model` (a `digitlab.nn.model.Classifier`; read-only while serving)."""
+def create_app(
+    model,
+    *,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    max_decodes: int = MAX_DECODES,
+    decode_wait: float = DECODE_WAIT,
+    body_timeout: float = BODY_TIMEOUT,
+    allowed_hosts: Iterable[str] = LOCAL_HOSTS,
+    allowed_origins: Iterable[str] = (),
+) -> FastAPI:
+    """Build the app serving `model` (a `digitlab.nn.model.Classifier`; read-only while serving).
+
+    `allowed_hosts`: Host header names accepted ("*" for any; "*.example.org" patterns); `allowed_origins`:
+    other origins whose pages may POST here (they also get CORS headers).
+    """
+    from starlette.middleware.cors import CORSMiddleware
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+
     guarded = SerializedModel(model)
+    decodes = asyncio.Semaphore(max_decodes)
+    allowed_origins = [o.rstrip("/") for o in allowed_origins]
     info = model_info(model)
     app = FastAPIOffline(  # a FastAPI whose /docs page uses bundled Swagger UI assets: works without internet
         static_url=DOCS_STATIC_URL,
@@ -131,15 +199,33 @@ def create_app(model, *, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> FastAPI:
             413: {"description": f"body larger than {max_upload_bytes} bytes"},
             415: {"description": "the bytes are not an image"},
             422: {"description": "empty body, missing 'file' field, or an image that cannot be decoded/used"},
+            403: {"description": "a POST from a page of another origin"},
+            408: {"description": f"the upload took more than {body_timeout:g} s"},
+            503: {"description": "busy decoding other uploads; retry after the Retry-After seconds"},
         },
         openapi_extra={"requestBody": _request_body_schema()},
     )
     async def api_predict(request: Request) -> dict:
         """Predict the digit in an image sent as the raw body or as the multipart field `file`."""
-        data = await _read_image_bytes(request, max_upload_bytes)
-        return await run_in_threadpool(predict_bytes, guarded, data)
+        data = await _read_image_bytes(request, max_upload_bytes, body_timeout)
+        try:  # a short, bounded wait: a long queue of big pictures would hold memory and starve the other routes
+            async with asyncio.timeout(decode_wait):
+                await decodes.acquire()
+        except TimeoutError:
+            raise HTTPException(503, f"busy: {max_decodes} images are being read right now; try again in a moment",
+                                headers={"Retry-After": "1"})
+        try:
+            return await run_in_threadpool(predict_bytes, guarded, data)
+        finally:
+            decodes.release()
 
     app.mount("/static", StaticFiles(packages=[STATIC_PACKAGE]), name="static")
+    # the last one added runs first: Host, then Origin, then CORS headers for the origins allowed explicitly
+    if allowed_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=allowed_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["content-type"])
+    app.add_middleware(SameOriginWrites, allowed_origins=allowed_origins)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts), www_redirect=False)
     return app
 
 
@@ -157,7 +243,7 @@ def predict_bytes(model, data: bytes) -> dict:
     except Image.DecompressionBombError:
         pass  # an image, but a huge one: predict_image refuses it naming the size the header claims
     except UnidentifiedImageError:
-        raise HTTPException(415, "the uploaded bytes are not an image Pillow can read (send PNG, JPEG, GIF, BMP, WebP, ...)")
+        raise HTTPException(415, "not an image: send a photo or drawing as PNG, JPEG, GIF, BMP or WebP")
     except Exception as exc:  # noqa: BLE001 - any decoder failure on hostile bytes is a client error
         raise HTTPException(422, f"the uploaded image cannot be read: {exc}")
     try:
@@ -197,9 +283,11 @@ def model_info(model) -> dict[str, Any]:
     return info
 
 
-async def _read_image_bytes(request: Request, limit: int) -> bytes:
-    """The image bytes of a request: the multipart field "file", else the whole raw body; never more than `limit`."""
+async def _read_image_bytes(request: Request, limit: int, timeout: float = BODY_TIMEOUT) -> bytes:
+    """The image bytes of a request: the multipart field "file", else the whole raw body; never more than `limit`
+    bytes, never longer than `timeout` seconds."""
     from starlette.formparsers import MultiPartException, MultiPartParser
+    from starlette.requests import ClientDisconnect
 
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -207,29 +295,35 @@ async def _read_image_bytes(request: Request, limit: int) -> bytes:
             declared_size = int(declared)
         except ValueError:
             raise HTTPException(400, f"invalid Content-Length header {declared!r}")
-        if declared_size > limit:
-            raise HTTPException(413, f"upload of {declared_size} bytes is over the {_mb(limit)} limit")
+        if declared_size > limit:  # refused before reading a byte of the body
+            raise HTTPException(413, f"upload declares {declared_size} bytes; the limit is {_mb(limit)}")
 
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     try:
-        if content_type == "multipart/form-data":
-            parser = MultiPartParser(request.headers, _limited(request.stream(), limit), max_files=1, max_fields=10, max_part_size=limit)
-            try:
-                form = await parser.parse()
-            except MultiPartException as exc:
-                raise HTTPException(422, f"malformed multipart body: {exc}")
-            try:
-                upload = form.get("file")
-                if upload is None or isinstance(upload, str):
-                    raise HTTPException(422, 'multipart body has no file field named "file"')
-                data = await upload.read()
-            finally:
-                await form.close()
-        else:
-            chunks = [chunk async for chunk in _limited(request.stream(), limit)]
-            data = b"".join(chunks)
+        async with asyncio.timeout(timeout):
+            if content_type == "multipart/form-data":
+                parser = MultiPartParser(request.headers, _limited(request.stream(), limit), max_files=1, max_fields=10,
+                                         max_part_size=limit)
+                try:
+                    form = await parser.parse()
+                except MultiPartException as exc:
+                    raise HTTPException(422, f"malformed multipart body: {exc}")
+                try:
+                    upload = form.get("file")
+                    if upload is None or isinstance(upload, str):
+                        raise HTTPException(422, 'multipart body has no file field named "file"')
+                    data = await upload.read()
+                finally:
+                    await form.close()
+            else:
+                chunks = [chunk async for chunk in _limited(request.stream(), limit)]
+                data = b"".join(chunks)
     except _BodyTooLarge:
-        raise HTTPException(413, f"upload is over the {_mb(limit)} limit")
+        raise HTTPException(413, f"more than {_mb(limit)} arrived (counted while reading); the limit is {_mb(limit)}")
+    except TimeoutError:
+        raise HTTPException(408, f"the upload did not arrive within {timeout:g} s")
+    except ClientDisconnect:  # the client left mid-upload: nobody is there to read an answer, nothing to log
+        raise HTTPException(400, "the client disconnected during the upload")
     if not data:
         raise HTTPException(422, "empty upload: send image bytes as the body or as the multipart field \"file\"")
     return data
