@@ -229,6 +229,65 @@ def test_a_digit_touching_the_border_is_kept(reference_input):
     assert found and max(ink_box(x)) == 20 and (x > 0).sum() > 60
 
 
+# ------------------------------------------------------------------------------------- not a digit
+def _bar(h0, h1, w0, w1, value=255):
+    x = np.zeros((28, 28), dtype=np.uint8)
+    x[h0:h1, w0:w1] = value
+    return x
+
+
+def test_ink_evidence_measures_the_input():
+    from digitlab.images import ink_evidence
+
+    one = _bar(4, 24, 13, 16)  # a "1": 20 x 3
+    assert ink_evidence(one) == {"ink": 60.0, "height": 20, "width": 3, "fill": 1.0, "parts": 1}
+    two = one.copy()
+    two[4:24, 20:23] = 128  # a second, fainter bar: 2 parts; the box is now 10 wide, 6 of its 10 columns solid
+    e = ink_evidence(two)
+    assert e["parts"] == 2 and e["width"] == 10 and e["fill"] == pytest.approx(0.6) and e["ink"] == pytest.approx(60 + 60 * 128 / 255)
+    speck = one.copy()
+    speck[2, 2] = 255  # a single pixel is under 8 % of the ink: not a part of its own
+    assert ink_evidence(speck)["parts"] == 1
+    assert ink_evidence(np.zeros((28, 28), np.uint8)) == {"ink": 0.0, "height": 0, "width": 0, "fill": 0.0, "parts": 0}
+
+
+def test_each_rejection_rule_says_why(reference_input):
+    from digitlab.images import DEFAULT_RULES as R
+    from digitlab.images import rejection
+
+    sure = np.eye(10)[7] * 0.9 + 0.01  # (10,) best 7 at 0.91
+    assert rejection(reference_input, sure, True) is None  # a real digit, confidently answered
+    assert rejection(reference_input, sure, False) == "no ink found"
+    assert rejection(_bar(4, 24, 13, 14, 60), sure, True) == "too little ink for a digit"  # 20 px of faint ink
+    stripes = np.zeros((28, 28), np.uint8)
+    stripes[4:24, 4:24:2] = 255
+    assert rejection(stripes, sure, True) == "10 separate marks, not one digit"
+    scrawl = _bar(4, 9, 4, 24) | _bar(19, 24, 4, 24) | _bar(9, 19, 4, 8)  # one thick "[": 240 px of ink, 60 % solid
+    assert rejection(scrawl, sure, True) == "too much ink for a digit"
+    assert rejection(_bar(12, 16, 4, 24), sure, True) == "a flat mark, not a digit"  # a dash: 4 px high
+    assert rejection(_bar(4, 17, 6, 19), sure, True) == "a blob or dot, not a digit"  # 13 x 13 solid
+    assert rejection(_bar(4, 24, 12, 12 + R.blob_side - 1), sure, True) is None  # a straight, solid "1"
+    assert rejection(_bar(4, 17, 8, 8 + R.blob_side), sure, True) == "a blob or dot, not a digit"
+    dots = np.zeros((28, 28), np.uint8)
+    for y, x in ((4, 4), (4, 20), (20, 4), (20, 20)):
+        dots[y:y + 4, x:x + 4] = 255
+    assert rejection(dots, sure, True) == "4 separate marks, not one digit"
+    unsure = np.full(10, 0.02)
+    unsure[[4, 9]] = [0.45, 0.39]
+    assert rejection(reference_input, unsure, True) == "not sure: maybe 4 or 9"
+    # each threshold is where the rules say: just inside passes, just outside is rejected
+    confident_at = np.full(10, (1 - R.min_confidence) / 9)
+    confident_at[7] = R.min_confidence
+    assert rejection(reference_input, confident_at, True) is None
+    def ring(height):  # a 20-wide, 2-px outline ("0" lying down): passes every rule but the height
+        x = _bar(4, 4 + height, 4, 24)
+        x[6:2 + height, 6:22] = 0
+        return x
+
+    assert rejection(ring(R.min_height), sure, True) is None
+    assert rejection(ring(R.min_height - 1), sure, True) == "a flat mark, not a digit"
+
+
 # ------------------------------------------------------------------------------------- empty input
 def _noisy(value, size=(640, 480), sigma=4.0, seed=0):
     rng = np.random.default_rng(seed)

@@ -114,8 +114,8 @@ def test_mnist_digits_survive_preprocessing(model, mnist_test):
 # --------------------------------------------------------------------------------------- python API
 def test_predict_image_returns_everything(model):
     result = predict_image(model, png(seven()), top=3)
-    assert set(result) == {"digit", "probabilities", "input", "top", "found"}
-    assert result["found"] and result["digit"] == 7
+    assert set(result) == {"digit", "reason", "probabilities", "input", "top", "found"}
+    assert result["found"] and result["digit"] == 7 and result["reason"] is None
     p = np.array(result["probabilities"])
     assert p.shape == (10,) and abs(p.sum() - 1) < 1e-4
     assert [d for d, _ in result["top"]] == list(np.argsort(-p)[:3])
@@ -127,7 +127,7 @@ def test_predict_image_returns_everything(model):
 
 def test_blank_input_has_no_digit_but_still_probabilities(model):
     result = predict_image(model, Image.new("RGB", (640, 480), (240, 235, 220)))
-    assert result["digit"] is None and not result["found"]
+    assert result["digit"] is None and not result["found"] and result["reason"] == "no ink found"
     assert result["input"].max() == 0
     assert abs(sum(result["probabilities"]) - 1) < 1e-4
 
@@ -244,7 +244,9 @@ def test_cli_works_with_every_model_kind(tmp_path, capsys, loss, normalization):
     code, out, err = run_cli(capsys, "predict", path, image, "--json")
     assert code == 0, err
     (record,) = json.loads(out)
-    assert record["digit"] in range(10) and abs(sum(record["probabilities"]) - 1) < 1e-4
+    assert abs(sum(record["probabilities"]) - 1) < 1e-4
+    best = record["top"][0][0]  # an untrained model: an answer, or no digit because it is not sure
+    assert record["digit"] == best or record["reason"] == f"not sure: maybe {best} or {record['top'][1][0]}"
 
 
 def test_cli_bad_model_and_bad_top(trained_mlp, tmp_path, capsys):
@@ -337,3 +339,35 @@ def test_cli_refuses_a_decompression_bomb_under_pillows_limit(sample_model_path,
     code, _, err = run_cli(capsys, "predict", sample_model_path, bomb)
     assert code == 1 and err.strip() == (
         f"digitlab: error: {bomb}: too large: 9400×9400 pixels (limit 16,000,000 pixels; possible decompression bomb)")
+
+
+# ------------------------------------------------------------------------------------------ not a digit
+def test_cli_says_why_a_dot_or_a_dash_is_not_a_digit(sample_model_path, tmp_path, capsys):
+    dot = Image.new("L", (280, 280), 0)
+    ImageDraw.Draw(dot).ellipse((20, 20, 50, 50), fill=255)  # a dot in a corner ("0 91 %" before)
+    dash = Image.new("L", (280, 280), 0)
+    ImageDraw.Draw(dash).line([(60, 140), (220, 140)], fill=255, width=18)  # a dash ("2 87 %" before)
+    dot.save(tmp_path / "dot.png")
+    dash.save(tmp_path / "dash.png")
+    code, out, _ = run_cli(capsys, "predict", sample_model_path, tmp_path / "dot.png", tmp_path / "dash.png")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith(f"{tmp_path / 'dot.png'}: no digit: a blob or dot, not a digit (the model's best guess: ")
+    assert lines[1].startswith(f"{tmp_path / 'dash.png'}: no digit: a flat mark, not a digit (the model's best guess: ")
+    code, out, _ = run_cli(capsys, "predict", sample_model_path, tmp_path / "dot.png", "--json")
+    (record,) = json.loads(out)
+    assert record["digit"] is None and record["reason"] == "a blob or dot, not a digit" and len(record["probabilities"]) == 10
+
+
+def test_generated_scribbles_are_mostly_refused_and_drawn_digits_are_not(model, mnist_test):
+    """The rules' purpose, end to end with the full model: dots, dashes, scatters and blobs get no digit, while
+    canvas-like drawings of MNIST test digits keep their answers (bench/reject_threshold.py has the full figures)."""
+    from photolike import canvas_like, scribble
+
+    rng = np.random.default_rng(5)
+    refused = {kind: np.mean([predict_image(model, scribble(rng, kind))["digit"] is None for _ in range(12)])
+               for kind in ("dot", "dash", "dots", "blob")}
+    assert min(refused.values()) >= 0.75, refused
+    images, labels = mnist_test
+    answered = [predict_image(model, canvas_like(images[i], rng))["digit"] is not None for i in range(0, 2000, 20)]
+    assert np.mean(answered) >= 0.95, np.mean(answered)

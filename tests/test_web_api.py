@@ -658,18 +658,158 @@ def test_serve_flags_reach_the_app(tmp_path):
 
 # ---------- digitlab serve ----------
 
-def test_newest_model_picks_the_latest_run(tmp_path):
-    from digitlab.commands.serve import newest_model
+def fake_run(runs, name, accuracy, dataset="mnist", seed=0):
+    """RUNS/NAME/model.safetensors: a small linear model whose header says its test accuracy and data set."""
+    from digitlab.nn.model import Classifier, build_linear
 
-    assert newest_model(tmp_path / "missing") is None
-    assert newest_model(tmp_path) is None
-    for name, age_s in (("b-run", 30), ("a-run", 10), ("c-run", 20)):
-        f = tmp_path / name / "model.safetensors"
-        f.parent.mkdir()
-        f.write_bytes(b"x")
-        os.utime(f, (time.time() - age_s, time.time() - age_s))
-    (tmp_path / "d-run").mkdir()  # a run without a model is ignored
-    assert newest_model(tmp_path) == tmp_path / "a-run" / "model.safetensors"
+    net = build_linear(784, 10, init="glorot_normal", rng=np.random.default_rng(seed))
+    path = runs / name / "model.safetensors"
+    path.parent.mkdir(parents=True)
+    Classifier(net).save(path, recipe=name, dataset=dataset, metrics={"test_accuracy": accuracy})
+    return path
+
+
+def test_serve_picks_the_most_accurate_run_and_says_which(tmp_path, capsys, monkeypatch):
+    from digitlab.cli import main
+    from digitlab.commands import serve
+
+    runs = tmp_path / "runs"
+    fake_run(runs, "newest-but-worse", 0.95)
+    best = fake_run(runs, "best", 0.985)
+    fake_run(runs, "sample-only", 0.99, dataset="mnist-sample")  # 1,000 sample test digits: not comparable
+    (runs / "broken").mkdir()
+    (runs / "broken" / "model.safetensors").write_bytes(b"not a model")
+    os.utime(best, (time.time() - 60, time.time() - 60))
+    served = []
+    monkeypatch.setattr(serve, "serve_socket", lambda model, sock, **options: (served.append(options), sock.close()))
+    assert main(["serve", "--runs-dir", str(runs), "--port", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"digitlab: serving {best} (the most accurate of 3 in {runs}/: 98.50 % on mnist test) at http://")
+    assert served[0]["model_id"] == "best" and served[0]["runs_dir"] == runs
+
+
+def test_a_busy_port_suggests_port_0(capsys):
+    import socket
+
+    from digitlab.commands.serve import bind_socket
+    from digitlab.errors import ConfigError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=rf"cannot listen on 127.0.0.1:{port}: .*--port 0 for any free one"):
+            bind_socket("127.0.0.1", port)
+
+
+def test_models_are_listed_and_can_be_switched(sample_model, tmp_path):
+    import digitlab
+    from digitlab.web import create_app
+
+    runs = tmp_path / "runs"
+    other = fake_run(runs, "other", 0.93, seed=3)
+    fake_run(runs, "better", 0.97, seed=4)
+    with make_client(create_app(sample_model, runs_dir=runs, model_id="served-sample")) as c:
+        listing = c.get("/api/models").json()
+        assert listing["current"] == "served-sample"
+        assert [m["id"] for m in listing["models"]] == ["served-sample", "better", "other"]
+        assert listing["models"][2] == {"id": "other", "recipe": "other", "dataset": "mnist", "test_accuracy": 0.93,
+                                        "val_accuracy": None, "date": listing["models"][2]["date"]}
+        png = drawn_png()
+        mine = c.post("/api/predict", content=png).json()
+        theirs = c.post("/api/predict?model=other", content=png).json()
+        expected = digitlab.load(other).predict_image(png)
+        assert theirs["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-6)
+        assert mine["probabilities"] != theirs["probabilities"]
+        assert c.get("/api/model?model=other").json()["recipe"] == "other"
+        for bad in ("nope", "../runs/other", str(other)):
+            r = c.post("/api/predict", params={"model": bad}, content=png)
+            assert r.status_code == 404 and "GET /api/models" in r.json()["detail"]
+
+
+def test_try_a_test_digit_gives_a_real_test_digit_and_its_label(sample_client):
+    import digitlab.data
+
+    images, labels = digitlab.data.load("mnist-sample", split="test")
+    r = sample_client.get("/api/test-digit", params={"index": 17})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["dataset"] == "mnist-sample" and body["index"] == 17 and body["label"] == int(labels[17])
+    assert np.array_equal(decode_png(body["image_png"]), images[17])
+    random_pick = sample_client.get("/api/test-digit").json()
+    assert 0 <= random_pick["index"] < len(images) and random_pick["label"] == int(labels[random_pick["index"]])
+    assert sample_client.get("/api/test-digit", params={"index": len(images)}).status_code == 404
+
+
+def pgm(img) -> bytes:
+    """The page's raster: binary PGM (P5) of a greyscale PIL image."""
+    return f"P5\n{img.width} {img.height}\n255\n".encode() + img.convert("L").tobytes()
+
+
+def test_the_pads_pgm_raster_is_answered_like_the_png(sample_client):
+    from PIL import Image
+
+    png = drawn_png(size=140)
+    raster = pgm(Image.open(io.BytesIO(png)))
+    a = sample_client.post("/api/predict", content=png, headers={"content-type": "image/png"}).json()
+    b = sample_client.post("/api/predict", content=raster, headers={"content-type": "image/x-portable-graymap"}).json()
+    assert a == b
+    lying = raster[:-100]  # a raster shorter than its header says
+    r = sample_client.post("/api/predict", content=lying, headers={"content-type": "image/x-portable-graymap"})
+    assert r.status_code == 422 and "truncated or corrupt" in r.json()["detail"]
+
+
+def test_not_a_digit_and_no_ink_have_no_digit_and_say_why(sample_client):
+    from PIL import Image, ImageDraw
+
+    def pad(draw):
+        img = Image.new("L", (140, 140), 0)
+        draw(ImageDraw.Draw(img))
+        return pgm(img)
+
+    cases = {
+        "a blob or dot, not a digit": pad(lambda d: d.ellipse((10, 10, 30, 30), fill=255)),  # a dot in a corner
+        "a flat mark, not a digit": pad(lambda d: d.line([(20, 70), (120, 70)], fill=255, width=10)),  # a dash
+        "no ink found": pad(lambda d: None),
+    }
+    for reason, body in cases.items():
+        answer = sample_client.post("/api/predict", content=body).json()
+        assert answer["digit"] is None and answer["reason"] == reason, answer
+        assert len(answer["probabilities"]) == 10  # the model's answer is still shown
+        assert (answer["heatmap"] is None) == (reason == "no ink found")
+
+
+def test_the_heat_map_is_the_models_own_gradient_times_input(sample_model, sample_client):
+    """heatmap = d score[best] / d input x (input - blank), scaled to [-1, 1]: checked against finite differences."""
+    from digitlab.data.dataset import affine
+    from digitlab.images import load_image, to_mnist
+
+    png = drawn_png()
+    answer = sample_client.post("/api/predict", content=png).json()
+    heat = np.array(answer["heatmap"])  # (28, 28)
+    x, _ = to_mnist(load_image(png))
+    assert heat.shape == (28, 28) and np.abs(heat).max() == pytest.approx(1.0, abs=1e-3)
+    assert np.all(heat[x == 0] == 0)  # nothing is credited to the blank background
+    best = answer["top"][0]["digit"]
+    net = sample_model.net
+
+    scale, offset = affine(sample_model.normalization)  # the model's normalisation of 0..255 pixels
+
+    def score(pixels):  # the best class's score for (784,) pixels on the 0..255 scale (may step past 255)
+        return float(net.forward((pixels * scale + offset)[None], train=False)[0, best])
+
+    base = x.astype(np.float64).ravel()
+    attribution = np.zeros(784)
+    strongest = np.argsort(-np.abs(heat).ravel())[:6]
+    for i in strongest:
+        step = np.zeros(784)
+        step[i] = 8.0  # 8 grey levels
+        grad = (score(base + step) - score(base - step)) / (2 * 8.0)  # d score / d pixel
+        attribution[i] = grad * base[i]
+    # gradient x (input - blank) is, per pixel, d score / d pixel x pixel value (the normalisation is affine)
+    ratio = attribution[strongest] / heat.ravel()[strongest]
+    assert np.all(ratio > 0), "the heat map's signs are not the gradient's"
+    assert ratio.max() / ratio.min() < 1.1, ratio  # one common scale (the peak)
 
 
 def test_serve_refuses_bad_arguments_with_one_line(tmp_path, capsys):
@@ -711,7 +851,8 @@ def test_serve_trains_a_model_when_runs_is_empty(trained_mlp, digits, tmp_path, 
 
     def fake_serve_socket(model, sock, **protections):
         served.append((model, sock.getsockname()))
-        assert protections == {"allowed_hosts": ["localhost", "127.0.0.1", "[::1]", "127.0.0.1"], "allowed_origins": []}
+        assert protections == {"allowed_hosts": ["localhost", "127.0.0.1", "[::1]", "127.0.0.1"], "allowed_origins": [],
+                               "runs_dir": runs, "model_id": trained[-1]["out_dir"].name, "data_dir": None}
         sock.close()
 
     monkeypatch.setattr(digitlab.train, "train_recipe", fake_train_recipe)
@@ -763,7 +904,7 @@ def test_serve_command_serves_a_model(trained_mlp, tmp_path):
                 assert time.monotonic() < deadline, "server never answered"
                 time.sleep(0.1)
         assert health.json() == {"status": "ok"}
-        assert httpx.get(started["url"], timeout=5).text.count("<canvas") == 1
+        assert '<canvas id="pad"' in httpx.get(started["url"], timeout=5).text
     finally:
         proc.terminate()
         proc.wait(timeout=20)

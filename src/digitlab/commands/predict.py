@@ -9,7 +9,9 @@ IMAGE may be a file, a folder (the images inside it, sorted by name), a glob pat
 shells that do not) or `-` for one image read from stdin. Each image goes through `digitlab.images`
 (MNIST-style preprocessing) and prints one line: the file, the digit and its probability, and the
 runner-up(s). A file that cannot be used gets one clear error line on stderr (`error` in `--json`), the
-others are still predicted, and the exit status is 1 when any failed. `--show-input DIR` writes the 28x28
+others are still predicted, and the exit status is 1 when any failed. An image whose ink does not look like a
+digit (a dot, a dash, a scatter, a scrawl) or that the model is not sure about gets "no digit" with the reason
+(`digit` null and `reason` in `--json`; see digitlab.images.RejectRules). `--show-input DIR` writes the 28x28
 image the model really got (NAME.png) and a 10x enlargement (NAME-x10.png) for each input.
 """
 
@@ -132,7 +134,11 @@ def _line(file: str, result: dict, class_names: list[str]) -> str:
         return str(i) if name == str(i) else f"{i} ({name})"
 
     if result["digit"] is None:
-        return f"{file}: no digit found"
+        reason = result.get("reason")
+        if reason is None or reason == "no ink found":
+            return f"{file}: no digit found"
+        best = result["top"][0][0]
+        return f"{file}: no digit: {reason} (the model's best guess: {label(best)}, {100 * result['top'][0][1]:.1f}%)"
     best, *rest = result["top"]
     text = f"{file}: {label(best[0])} ({100 * best[1]:.1f}%)"
     if rest:
@@ -159,7 +165,7 @@ def cmd_predict(args) -> int:
             except ImageError as exc:
                 record["error"] = str(exc)
             else:
-                record.update(digit=result["digit"], probabilities=result["probabilities"],
+                record.update(digit=result["digit"], reason=result["reason"], probabilities=result["probabilities"],
                               top=[list(t) for t in result["top"]])
                 line = _line(item.file, result, class_names)
                 if writer is not None:

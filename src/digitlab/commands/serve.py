@@ -1,6 +1,6 @@
 """`digitlab serve`: the draw-a-digit web page and its JSON API on http://127.0.0.1:8000/.
 
-    digitlab serve                              # newest runs/*/model.safetensors, or train the mlp recipe first
+    digitlab serve                              # the most accurate runs/*/model.safetensors, or train the mlp recipe
     digitlab serve runs/mlp/model.safetensors --port 8080
     digitlab serve --port 0 --json              # a free port; prints {"url": ..., "model": ...} as JSON
 
@@ -30,10 +30,11 @@ def register(subparsers) -> None:
         "serve",
         help="serve the draw-a-digit web page and JSON API",
         description="Serve the draw-a-digit page and its JSON API (OpenAPI docs at /docs). With no MODEL, use the "
-        "newest RUNS_DIR/*/model.safetensors, or train the default recipe first.",
+        "most accurate RUNS_DIR/*/model.safetensors (full-MNIST runs first), or train the default recipe first. "
+        "The page can switch to any model in RUNS_DIR.",
     )
     p.add_argument("model", nargs="?", type=Path, default=None, metavar="MODEL",
-                   help="a model.safetensors written by digitlab (default: the newest in --runs-dir, else train one)")
+                   help="a model.safetensors written by digitlab (default: the most accurate in --runs-dir, else train one)")
     p.add_argument("--host", type=str, default="127.0.0.1",
                    help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000; 0 picks a free one)")
@@ -44,6 +45,9 @@ def register(subparsers) -> None:
                    help="let pages of this origin (e.g. http://myapp.example:3000) POST to the API (repeatable)")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"),
                    help="where to look for trained runs, and to put a new one (default: runs)")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="MNIST folder for the page's \"Try a test digit\" (default: digitlab's usual search, else the "
+                        "bundled sample)")
     add_json_flag(p)
     p.set_defaults(func=run)
 
@@ -51,7 +55,15 @@ def register(subparsers) -> None:
 def run(args) -> int:
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port} is not a TCP port (0..65535)")
-    model_path = args.model if args.model is not None else newest_model(args.runs_dir)
+    why = ""
+    model_path = args.model
+    if model_path is None:
+        best, count = most_accurate(args.runs_dir)
+        if best is not None:
+            model_path = Path(best.path)
+            acc = best.test_accuracy if best.test_accuracy is not None else best.val_accuracy
+            measured = f"{100 * acc:.2f} % on {best.dataset or 'its'} test" if acc is not None else "no accuracy recorded"
+            why = f" (the most accurate of {count} in {args.runs_dir}/: {measured})"
     if model_path is None:
         model_path = train_default(args.runs_dir)
     model = load_model(model_path)
@@ -59,10 +71,11 @@ def run(args) -> int:
     port = sock.getsockname()[1]
     url = f"http://{_url_host(args.host)}:{port}/"
     emit(args, {"url": url, "model": str(model_path), "host": args.host, "port": port},
-         f"digitlab: serving {model_path} at {url}  (API docs: {url}docs; Ctrl-C stops)")
+         f"digitlab: serving {model_path}{why} at {url}  (API docs: {url}docs; Ctrl-C stops)")
     sys.stdout.flush()  # the URL must show up now, also when stdout is a pipe
     serve_socket(model, sock, allowed_hosts=allowed_hosts(args.host, args.allow_host),
-                 allowed_origins=args.allow_origin)
+                 allowed_origins=args.allow_origin, runs_dir=args.runs_dir, model_id=Path(model_path).parent.name,
+                 data_dir=args.data_dir)
     return 0
 
 
@@ -77,15 +90,12 @@ def allowed_hosts(host: str, extra: list[str]) -> list[str]:
     return names + [h.lower() for h in extra]
 
 
-def newest_model(runs_dir: Path) -> Path | None:
-    """The most recently written RUNS_DIR/*/model.safetensors, or None when there is none."""
-    runs_dir = Path(runs_dir)
-    if not runs_dir.is_dir():
-        return None
-    candidates = [p for p in runs_dir.glob("*/model.safetensors") if p.is_file()]
-    if not candidates:
-        return None
-    return max(candidates, key=lambda p: (p.stat().st_mtime_ns, str(p)))
+def most_accurate(runs_dir: Path):
+    """(the best readable run under RUNS_DIR as a digitlab.web.models.RunInfo, or None; how many there are)."""
+    from digitlab.web.models import list_runs
+
+    runs = [r for r in list_runs(runs_dir) if r.error is None]
+    return (runs[0] if runs else None), len(runs)
 
 
 def train_default(runs_dir: Path) -> Path:
@@ -110,6 +120,7 @@ def load_model(path: Path):
 
 def bind_socket(host: str, port: int):
     """A listening socket, bound before uvicorn starts, so the printed URL is right even for --port 0."""
+    import errno
     import socket
 
     try:
@@ -123,29 +134,29 @@ def bind_socket(host: str, port: int):
         sock.bind(address)
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        hint = "; another program uses it: choose another --port, or --port 0 for any free one" if exc.errno == errno.EADDRINUSE else ""
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
     sock.listen(128)
     return sock
 
 
-def serve_socket(model, sock, allowed_hosts=None, allowed_origins=()) -> None:
-    """Run uvicorn on an already bound socket until Ctrl-C."""
-    server = make_server(model, allowed_hosts=allowed_hosts, allowed_origins=allowed_origins)
+def serve_socket(model, sock, **app_options) -> None:
+    """Run uvicorn on an already bound socket until Ctrl-C; `app_options` go to create_app."""
+    server = make_server(model, **app_options)
     try:
         server.run(sockets=[sock])
     finally:
         sock.close()
 
 
-def make_server(model, *, allowed_hosts=None, allowed_origins=(), header_timeout: float = HEADER_TIMEOUT,
-                max_connections: int = MAX_CONNECTIONS):
-    """The uvicorn.Server for `model`'s app with digitlab's limits (not started)."""
+def make_server(model, *, header_timeout: float = HEADER_TIMEOUT, max_connections: int = MAX_CONNECTIONS,
+                **app_options):
+    """The uvicorn.Server for `model`'s app (create_app(model, **app_options)) with digitlab's limits (not started)."""
     import uvicorn
 
     from digitlab.web import create_app
-    from digitlab.web.app import LOCAL_HOSTS
 
-    app = create_app(model, allowed_hosts=allowed_hosts or LOCAL_HOSTS, allowed_origins=allowed_origins)
+    app = create_app(model, **app_options)
     config = uvicorn.Config(app, log_level="warning", access_log=False, http=_guarded_h11(header_timeout, max_connections),
                             limit_concurrency=max_connections, timeout_keep_alive=KEEP_ALIVE,
                             h11_max_incomplete_event_size=16 * 1024)

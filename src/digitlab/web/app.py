@@ -5,12 +5,17 @@
     app = create_app(digitlab.load("runs/mlp/model.safetensors"))
     # then: uvicorn.run(app, host="127.0.0.1", port=8000)   (or simply `digitlab serve`)
 
-Routes
-    GET  /                 the drawing page (static/index.html; app.js and style.css under /static/)
-    POST /api/predict      an image as the raw request body (any image/* type) or as the multipart field "file"
-                           -> {"digit": int | null, "probabilities": [10 floats], "top": [{"digit", "probability"}],
-                               "input_png": base64 PNG of the 28x28 image the model received}
+Routes (`?model=ID` picks one of the runs listed by /api/models instead of the served model)
+    GET  /                 the drawing page (static/index.html; app.js, style.css, favicon.svg under /static/)
+    POST /api/predict      an image as the raw request body (any image/* type; the page sends its pad as a small
+                           greyscale PGM raster, no PNG encoding) or as the multipart field "file"
+                           -> {"digit": int | null, "reason": why there is no digit | null,
+                               "probabilities": [10 floats], "top": [{"digit", "probability"}],
+                               "input_png": base64 PNG of the 28x28 image the model received,
+                               "heatmap": 28x28 floats in [-1, 1] | null (what pushed the model to its answer)}
     GET  /api/model        the model's metadata (recipe, metrics, class names, digitlab version, ...)
+    GET  /api/models       {"current": ID, "models": [{id, recipe, dataset, test_accuracy, date, ...}]}
+    GET  /api/test-digit   a random MNIST test digit: {"index", "label", "image_png", "dataset"}
     GET  /healthz          {"status": "ok"}
     GET  /docs, /openapi.json   the OpenAPI description; the Swagger UI page (5.x) loads its JS and CSS from
                            /docs-static/ (shipped by the fastapi-offline package), never from a CDN. No /redoc:
@@ -73,10 +78,21 @@ class TopEntry(BaseModel):
 
 
 class Prediction(BaseModel):
-    digit: int | None = Field(description="the predicted class index, or null when no digit was found")
+    digit: int | None = Field(description="the predicted class index, or null: no digit (see reason)")
+    reason: str | None = Field(None, description="why there is no digit: no ink, not digit-like ink, or not sure")
     probabilities: list[float] = Field(description="one probability per class, summing to 1")
     top: list[TopEntry] = Field(description="the most likely classes, best first")
     input_png: str = Field(description="base64 PNG of the 28x28 grey image the model received (255 = ink)")
+    heatmap: list[list[float]] | None = Field(
+        None, description="28x28 gradient x (input - blank) for the best class, scaled to [-1, 1]: > 0 pushed "
+        "the model towards its answer, < 0 away; null when no ink was found")
+
+
+class TestDigit(BaseModel):
+    index: int
+    label: int
+    image_png: str = Field(description="base64 PNG of the 28x28 digit (255 = ink)")
+    dataset: str = Field(description="mnist, or mnist-sample when the server has no full MNIST")
 
 
 class Health(BaseModel):
@@ -132,6 +148,23 @@ class SerializedModel:
     def __init__(self, model) -> None:
         self._model = model
         self._lock = threading.Lock()
+        self._explainer = None
+
+    def explain(self, x: np.ndarray, cls: int) -> np.ndarray:
+        """float32 [28, 28] in [-1, 1]: d score[cls] / d input x (input - blank input), from the network's own
+        backward pass (gradient x input, measured from a blank pad so the background says nothing)."""
+        with self._lock:
+            if self._explainer is None:
+                self._explainer = explainer_net(self._model.net)
+            xin = self._model.prepare(x[None])  # (1, 784) as the model normalises it
+            blank = self._model.prepare(np.zeros_like(x)[None])  # (1, 784)
+            scores = self._explainer.forward(xin, train=True)  # (1, C), caches for backward
+            d = np.zeros_like(scores)
+            d[0, cls] = 1.0
+            grad = self._explainer.backward(d, input_grad=True)  # (1, 784), a scratch buffer: used under the lock
+            a = (np.asarray(grad) * (xin - blank)).reshape(x.shape).astype(np.float32)  # (28, 28)
+        peak = float(np.abs(a).max())
+        return a / peak if peak > 0 else a
 
     def __getattr__(self, name: str):
         attr = getattr(self._model, name)
@@ -146,6 +179,15 @@ class SerializedModel:
         return attr
 
 
+def explainer_net(net):
+    """A private copy of `net` without its Dropout layers (identity at inference), so a train-mode forward for
+    backward is the inference function itself and never touches the served network's buffers."""
+    from digitlab.nn import Sequential
+
+    twin = copy.deepcopy(net)
+    return Sequential([layer for layer in twin.layers if layer.spec().get("type") != "Dropout"])
+
+
 def create_app(
     model,
     *,
@@ -155,17 +197,26 @@ def create_app(
     body_timeout: float = BODY_TIMEOUT,
     allowed_hosts: Iterable[str] = LOCAL_HOSTS,
     allowed_origins: Iterable[str] = (),
+    runs_dir=None,
+    model_id: str = "served",
+    data_dir=None,
 ) -> FastAPI:
     """Build the app serving `model` (a `digitlab.nn.model.Classifier`; read-only while serving).
 
     `allowed_hosts`: Host header names accepted ("*" for any; "*.example.org" patterns); `allowed_origins`:
-    other origins whose pages may POST here (they also get CORS headers).
+    other origins whose pages may POST here (they also get CORS headers). `runs_dir`: offer its runs' models
+    too (/api/models, ?model=ID); `model_id`: the served model's id there (its run folder's name).
+    `data_dir`: where "Try a test digit" finds MNIST (default: digitlab's usual search, else the bundled sample).
     """
+    from digitlab.web.models import ModelShelf
+
     from starlette.middleware.cors import CORSMiddleware
     from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-    guarded = SerializedModel(model)
+    shelf = ModelShelf(runs_dir, model, model_id, wrap=SerializedModel)
+    guarded = shelf.get(None)
     decodes = asyncio.Semaphore(max_decodes)
+    test_digits = _TestDigits(data_dir)
     allowed_origins = [o.rstrip("/") for o in allowed_origins]
     info = model_info(model)
     app = FastAPIOffline(  # a FastAPI whose /docs page uses bundled Swagger UI assets: works without internet
@@ -186,10 +237,33 @@ def create_app(
     def healthz() -> dict:
         return {"status": "ok"}
 
+    def pick(model: str | None):
+        try:
+            return shelf.get(model)
+        except KeyError:
+            raise HTTPException(404, f"no model {model!r}: GET /api/models lists them")
+
     @app.get("/api/model", tags=["model"])
-    def api_model() -> dict[str, Any]:
+    def api_model(model: str | None = None) -> dict[str, Any]:
         """The model's metadata: recipe, metrics (test accuracy), class names, digitlab version, architecture."""
-        return copy.deepcopy(info)
+        return copy.deepcopy(info) if model in (None, model_id) else model_info(pick(model))
+
+    @app.get("/api/models", tags=["model"])
+    def api_models() -> dict[str, Any]:
+        """The models this server can use: the served one and the runs of its runs folder, most accurate first."""
+        keys = ("id", "recipe", "dataset", "test_accuracy", "val_accuracy", "date")  # no file-system paths
+        runs = [{k: r.as_dict()[k] for k in keys} for r in shelf.runs() if r.error is None]
+        if not any(r["id"] == model_id for r in runs):
+            metrics = info.get("metrics") or {}
+            runs.insert(0, {"id": model_id, "recipe": info.get("recipe"), "dataset": info.get("dataset"),
+                            "test_accuracy": metrics.get("test_accuracy"), "val_accuracy": metrics.get("val_accuracy"),
+                            "date": None})
+        return {"current": model_id, "models": runs}
+
+    @app.get("/api/test-digit", response_model=TestDigit, tags=["model"])
+    def api_test_digit(index: int | None = None) -> dict[str, Any]:
+        """A random MNIST test digit (or the one at `index`) with its true label."""
+        return test_digits.get(index)
 
     @app.post(
         "/api/predict",
@@ -205,8 +279,9 @@ def create_app(
         },
         openapi_extra={"requestBody": _request_body_schema()},
     )
-    async def api_predict(request: Request) -> dict:
+    async def api_predict(request: Request, model: str | None = None) -> dict:
         """Predict the digit in an image sent as the raw body or as the multipart field `file`."""
+        chosen = await run_in_threadpool(pick, model)
         data = await _read_image_bytes(request, max_upload_bytes, body_timeout)
         try:  # a short, bounded wait: a long queue of big pictures would hold memory and starve the other routes
             async with asyncio.timeout(decode_wait):
@@ -215,7 +290,7 @@ def create_app(
             raise HTTPException(503, f"busy: {max_decodes} images are being read right now; try again in a moment",
                                 headers={"Retry-After": "1"})
         try:
-            return await run_in_threadpool(predict_bytes, guarded, data)
+            return await run_in_threadpool(predict_bytes, chosen, data)
         finally:
             decodes.release()
 
@@ -250,12 +325,45 @@ def predict_bytes(model, data: bytes) -> dict:
         result = predict_image(model, data, top=3)
     except DigitlabError as exc:
         raise HTTPException(422, f"the uploaded image cannot be used: {exc}")
+    heat = model.explain(result["input"], result["top"][0][0]) if result["found"] and hasattr(model, "explain") else None
     return {
         "digit": None if result["digit"] is None else int(result["digit"]),
+        "reason": result["reason"],
         "probabilities": [float(p) for p in result["probabilities"]],
         "top": [{"digit": int(d), "probability": float(p)} for d, p in result["top"]],
         "input_png": png_base64(result["input"]),
+        "heatmap": None if heat is None else np.round(heat, 3).tolist(),
     }
+
+
+class _TestDigits:
+    """MNIST's test digits, loaded on first use (full MNIST where digitlab finds it, else the bundled sample)."""
+
+    def __init__(self, data_dir=None) -> None:
+        self.data_dir = data_dir
+        self._data = None
+        self._lock = threading.Lock()
+        self._rng = np.random.default_rng()
+
+    def get(self, index: int | None) -> dict[str, Any]:
+        with self._lock:
+            if self._data is None:
+                self._data = self._load()
+            images, labels, name = self._data
+            if index is None:
+                index = int(self._rng.integers(len(images)))
+        if not 0 <= index < len(images):
+            raise HTTPException(404, f"no test digit {index}: {name} has {len(images)} (0..{len(images) - 1})")
+        return {"index": index, "label": int(labels[index]), "image_png": png_base64(images[index]), "dataset": name}
+
+    def _load(self):
+        from digitlab.data import load_dataset
+
+        try:
+            ds = load_dataset("mnist", data_dir=self.data_dir, download=False, quiet=True)
+        except DigitlabError:
+            ds = load_dataset("mnist-sample", download=False, quiet=True)
+        return ds.test.images, ds.test.labels, ds.name if ds.notice is None else "mnist-sample"
 
 
 def png_base64(image: np.ndarray) -> str:
