@@ -164,7 +164,7 @@ def test_drawn_one_and_zero_are_recognised(page):
     expect(answer).to_have_text("1", timeout=15_000)
     probs = [float(p) for p in shown_probabilities(page)]
     assert len(probs) == 10 and int(np.argmax(probs)) == 1 and abs(sum(probs) - 1) < 1e-3
-    assert page.locator("#input28").is_visible()
+    assert page.locator("#input28").is_visible() and page.locator("#template-figure").is_hidden()
     assert page.eval_on_selector("#input28", "img => img.naturalWidth") == 28
     # the heat map shows where the ink pushed the answer: some opaque pixels, none outside the 28x28 ink
     painted = page.eval_on_selector("#heat", "c => Array.from(c.getContext('2d').getImageData(0, 0, 28, 28).data)"
@@ -452,6 +452,10 @@ def test_the_model_can_be_switched(page):
         select.select_option("linear-run")
     assert request.value.url.endswith("?model=linear-run")
     expect(page.locator("#model-info")).to_contain_text("linear", timeout=15_000)
+    # a linear model also shows the answer's weight template (the MLP has none)
+    expect(page.locator("#template-figure")).to_be_visible(timeout=15_000)
+    select.select_option("sample-run")
+    expect(page.locator("#template-figure")).to_be_hidden(timeout=15_000)
 
 
 def test_api_docs_render_offline(browser, server_url):

@@ -46,6 +46,11 @@ def sample_model_path(tmp_path_factory) -> Path:
     return train_sample_model(tmp_path_factory.mktemp("sample-model"))
 
 
+@pytest.fixture(scope="module")
+def sample_model(sample_model_path):
+    return digitlab.load(sample_model_path)
+
+
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
     code = main([str(a) for a in argv])
     out = capsys.readouterr()
@@ -112,7 +117,8 @@ def test_mnist_digits_survive_preprocessing(model, mnist_test):
 
 
 # --------------------------------------------------------------------------------------- python API
-def test_predict_image_returns_everything(model):
+def test_predict_image_returns_everything(sample_model):
+    model = sample_model
     result = predict_image(model, png(seven()), top=3)
     assert set(result) == {"digit", "reason", "probabilities", "input", "top", "found"}
     assert result["found"] and result["digit"] == 7 and result["reason"] is None
@@ -125,7 +131,8 @@ def test_predict_image_returns_everything(model):
     assert again["digit"] == 7 and np.abs(again["input"].astype(int) - result["input"]).mean() < 2
 
 
-def test_blank_input_has_no_digit_but_still_probabilities(model):
+def test_blank_input_has_no_digit_but_still_probabilities(sample_model):
+    model = sample_model
     result = predict_image(model, Image.new("RGB", (640, 480), (240, 235, 220)))
     assert result["digit"] is None and not result["found"] and result["reason"] == "no ink found"
     assert result["input"].max() == 0
@@ -149,8 +156,8 @@ def folder(tmp_path):
     return d
 
 
-def test_cli_folder_prose_continues_after_bad_files(model, trained_mlp, folder, capsys):
-    code, out, err = run_cli(capsys, "predict", trained_mlp.model_path, folder)
+def test_cli_folder_prose_continues_after_bad_files(sample_model, sample_model_path, folder, capsys):
+    code, out, err = run_cli(capsys, "predict", sample_model_path, folder)
     assert code == 1
     lines = out.strip().splitlines()
     assert [Path(line.split(":")[0]).name for line in lines] == ["a-seven.png", "b-seven.jpg"]
@@ -164,8 +171,8 @@ def test_cli_folder_prose_continues_after_bad_files(model, trained_mlp, folder, 
     assert "Traceback" not in err
 
 
-def test_cli_json_globs_missing_files_and_top(model, trained_mlp, folder, capsys):
-    code, out, err = run_cli(capsys, "predict", trained_mlp.model_path, str(folder / "?-seven.*"),
+def test_cli_json_globs_missing_files_and_top(sample_model, sample_model_path, folder, capsys):
+    code, out, err = run_cli(capsys, "predict", sample_model_path, str(folder / "?-seven.*"),
                              folder / "missing.png", str(folder / "*.nomatch"), "--json", "--top", "1")
     assert code == 1 and err == ""
     records = json.loads(out)
@@ -178,7 +185,7 @@ def test_cli_json_globs_missing_files_and_top(model, trained_mlp, folder, capsys
     assert "no file matches" in records[3]["error"]
 
 
-def test_cli_stdin_and_show_input(model, trained_mlp, tmp_path, capsys, monkeypatch):
+def test_cli_stdin_and_show_input(sample_model, sample_model_path, tmp_path, capsys, monkeypatch):
     class Stdin:
         buffer = io.BytesIO(png(seven()))
 
@@ -186,45 +193,45 @@ def test_cli_stdin_and_show_input(model, trained_mlp, tmp_path, capsys, monkeypa
     blank = tmp_path / "blank.png"
     Image.new("L", (300, 300), 255).save(blank)
     shown = tmp_path / "shown"
-    code, out, err = run_cli(capsys, "predict", trained_mlp.model_path, "-", blank, "--show-input", shown, "--json")
+    code, out, err = run_cli(capsys, "predict", sample_model_path, "-", blank, "--show-input", shown, "--json")
     assert code == 0, err
     records = json.loads(out)
     assert records[0]["file"] == "-" and records[0]["digit"] == 7
     assert records[1]["digit"] is None and records[1]["error"] is None and len(records[1]["probabilities"]) == 10
-    expected = predict_image(model, png(seven()))["input"]
+    expected = predict_image(sample_model, png(seven()))["input"]
     with Image.open(shown / "stdin.png") as small, Image.open(shown / "stdin-x10.png") as big:
         assert small.size == (28, 28) and big.size == (280, 280)
         assert np.array_equal(np.asarray(small), expected)
         assert np.array_equal(np.asarray(big)[::10, ::10], expected)
     assert (shown / "blank.png").is_file() and records[1]["input"] == str(shown / "blank.png")
-    code, out, _ = run_cli(capsys, "predict", trained_mlp.model_path, blank)
+    code, out, _ = run_cli(capsys, "predict", sample_model_path, blank)
     assert code == 0 and out.strip() == f"{blank}: no digit found"
 
 
-def test_cli_show_input_that_cannot_be_a_folder_is_one_clear_error(trained_mlp, tmp_path, capsys):
+def test_cli_show_input_that_cannot_be_a_folder_is_one_clear_error(sample_model_path, tmp_path, capsys):
     image = tmp_path / "seven.png"
     seven().save(image)
     not_a_folder = tmp_path / "notes.txt"
     not_a_folder.write_text("a file, not a folder")
-    code, out, err = run_cli(capsys, "predict", trained_mlp.model_path, image, "--show-input", not_a_folder)
+    code, out, err = run_cli(capsys, "predict", sample_model_path, image, "--show-input", not_a_folder)
     assert code == 1 and out == ""
     assert err.startswith(f"digitlab: error: --show-input {not_a_folder}: cannot create the folder")
     assert len(err.splitlines()) == 1 and "Traceback" not in err
 
 
-def test_cli_prose_says_where_the_input_was_written(trained_mlp, tmp_path, capsys):
+def test_cli_prose_says_where_the_input_was_written(sample_model_path, tmp_path, capsys):
     image = tmp_path / "seven.png"
     seven().save(image)
-    code, out, _ = run_cli(capsys, "predict", trained_mlp.model_path, image, "--show-input", tmp_path / "shown")
+    code, out, _ = run_cli(capsys, "predict", sample_model_path, image, "--show-input", tmp_path / "shown")
     assert code == 0 and out.strip().endswith(f"(input: {tmp_path / 'shown' / 'seven.png'})")
 
 
-def test_cli_show_input_never_overwrites_a_name_twice(trained_mlp, tmp_path, capsys):
+def test_cli_show_input_never_overwrites_a_name_twice(sample_model_path, tmp_path, capsys):
     for sub in ("a", "b"):
         (tmp_path / sub).mkdir()
         seven().save(tmp_path / sub / "digit.png")
     shown = tmp_path / "shown"
-    code, out, _ = run_cli(capsys, "predict", trained_mlp.model_path, tmp_path / "a", tmp_path / "b",
+    code, out, _ = run_cli(capsys, "predict", sample_model_path, tmp_path / "a", tmp_path / "b",
                            "--show-input", shown, "--json")
     assert code == 0
     assert [r["input"] for r in json.loads(out)] == [str(shown / "digit.png"), str(shown / "digit-2.png")]
@@ -249,14 +256,14 @@ def test_cli_works_with_every_model_kind(tmp_path, capsys, loss, normalization):
     assert record["digit"] == best or record["reason"] == f"not sure: maybe {best} or {record['top'][1][0]}"
 
 
-def test_cli_bad_model_and_bad_top(trained_mlp, tmp_path, capsys):
+def test_cli_bad_model_and_bad_top(sample_model_path, tmp_path, capsys):
     image = tmp_path / "seven.png"
     seven().save(image)
     fake = tmp_path / "model.safetensors"
     fake.write_bytes(b"\x00" * 20)
     code, _, err = run_cli(capsys, "predict", fake, image)
     assert code == 1 and err.startswith("digitlab: error:") and str(fake) in err and len(err.splitlines()) == 1
-    code, _, err = run_cli(capsys, "predict", trained_mlp.model_path, image, "--top", "0")
+    code, _, err = run_cli(capsys, "predict", sample_model_path, image, "--top", "0")
     assert code == 1 and "--top" in err
 
 

@@ -88,11 +88,16 @@ def client(model):
 
 
 @pytest.fixture(scope="module")
-def sample_model(tmp_path_factory):
+def sample_model_file(tmp_path_factory):
     """A small MLP trained on the bundled mnist-sample in a few seconds: for everything but accuracy."""
+    return train_sample_model(tmp_path_factory.mktemp("sample-model"))
+
+
+@pytest.fixture(scope="module")
+def sample_model(sample_model_file):
     import digitlab
 
-    return digitlab.load(train_sample_model(tmp_path_factory.mktemp("sample-model")))
+    return digitlab.load(sample_model_file)
 
 
 @pytest.fixture(scope="module")
@@ -722,6 +727,13 @@ def test_models_are_listed_and_can_be_switched(sample_model, tmp_path):
         assert theirs["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-6)
         assert mine["probabilities"] != theirs["probabilities"]
         assert c.get("/api/model?model=other").json()["recipe"] == "other"
+        # a linear model's answer comes with the best class's weight template; the MLP's does not
+        assert mine["template"] is None
+        best = theirs["top"][0]["digit"]
+        W = digitlab.load(other).net.layers[0].W  # (784, 10)
+        template = np.array(theirs["template"])  # (28, 28)
+        assert template.shape == (28, 28) and np.abs(template).max() == pytest.approx(1.0)
+        assert np.allclose(template.ravel(), W[:, best] / np.abs(W[:, best]).max(), atol=1e-3)
         for bad in ("nope", "../runs/other", str(other)):
             r = c.post("/api/predict", params={"model": bad}, content=png)
             assert r.status_code == 404 and "GET /api/models" in r.json()["detail"]
@@ -826,10 +838,10 @@ def test_serve_refuses_bad_arguments_with_one_line(tmp_path, capsys):
     assert "70000" in capsys.readouterr().err
 
 
-def test_serve_trains_a_model_when_runs_is_empty(trained_mlp, digits, tmp_path, monkeypatch, capsys):
+def test_serve_trains_a_model_when_runs_is_empty(sample_model_file, tmp_path, monkeypatch, capsys):
     """`digitlab serve` with no MODEL and no run trains the default recipe into --runs-dir, then serves that model.
 
-    The training is faked (it copies the session's trained model) and so is uvicorn (serve_socket records what it
+    The training is faked (it copies a model trained on the bundled sample) and so is uvicorn (serve_socket records what it
     was given), so this checks the command's own steps: train, load, bind, print the URL, serve.
     """
     import digitlab
@@ -845,7 +857,7 @@ def test_serve_trains_a_model_when_runs_is_empty(trained_mlp, digits, tmp_path, 
         print(f"epoch 1/1  (fake training of {name!r})", flush=True)
         out_dir.mkdir(parents=True)
         model_path = out_dir / "model.safetensors"
-        shutil.copyfile(trained_mlp.model_path, model_path)
+        shutil.copyfile(sample_model_file, model_path)
         trained.append({"name": name, "out_dir": out_dir, "quiet": quiet})
         return type("FakeResult", (), {"model_path": model_path})()
 
@@ -871,8 +883,8 @@ def test_serve_trains_a_model_when_runs_is_empty(trained_mlp, digits, tmp_path, 
     assert host == "127.0.0.1" and port > 0
     assert lines[-1].startswith(f"digitlab: serving {model_path} at http://127.0.0.1:{port}/")
     # the model served is the one just trained: same answers as the trained model
-    images, _ = digits
-    expected = digitlab.load(trained_mlp.model_path).predict(images[:16])
+    images, _ = digitlab.data.load("mnist-sample", split="test")
+    expected = digitlab.load(sample_model_file).predict(images[:16])
     assert np.array_equal(model.predict(images[:16]), expected)
 
     # a second start finds that run and trains nothing
@@ -881,11 +893,11 @@ def test_serve_trains_a_model_when_runs_is_empty(trained_mlp, digits, tmp_path, 
     assert json.loads(capsys.readouterr().out)["model"] == str(model_path)
 
 
-def test_serve_command_serves_a_model(trained_mlp, tmp_path):
+def test_serve_command_serves_a_model(sample_model_file, tmp_path):
     """`digitlab serve MODEL --port 0 --json` prints its URL and answers over real HTTP until terminated."""
     import httpx
 
-    cmd = [sys.executable, "-m", "digitlab", "serve", str(trained_mlp.model_path), "--port", "0", "--json"]
+    cmd = [sys.executable, "-m", "digitlab", "serve", str(sample_model_file), "--port", "0", "--json"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
         lines = []

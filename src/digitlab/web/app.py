@@ -12,7 +12,8 @@ Routes (`?model=ID` picks one of the runs listed by /api/models instead of the s
                            -> {"digit": int | null, "reason": why there is no digit | null,
                                "probabilities": [10 floats], "top": [{"digit", "probability"}],
                                "input_png": base64 PNG of the 28x28 image the model received,
-                               "heatmap": 28x28 floats in [-1, 1] | null (what pushed the model to its answer)}
+                               "heatmap": 28x28 floats in [-1, 1] | null (what pushed the model to its answer),
+                               "template": 28x28 floats | null (a linear model's weight template of that class)}
     GET  /api/model        the model's metadata (recipe, metrics, class names, digitlab version, ...)
     GET  /api/models       {"current": ID, "models": [{id, recipe, dataset, test_accuracy, date, ...}]}
     GET  /api/test-digit   a random MNIST test digit: {"index", "label", "image_png", "dataset"}
@@ -86,6 +87,9 @@ class Prediction(BaseModel):
     heatmap: list[list[float]] | None = Field(
         None, description="28x28 gradient x (input - blank) for the best class, scaled to [-1, 1]: > 0 pushed "
         "the model towards its answer, < 0 away; null when no ink was found")
+    template: list[list[float]] | None = Field(
+        None, description="linear models only: the best class's 28x28 weight template scaled to [-1, 1] (> 0: ink "
+        "there counts for the class); null for other networks")
 
 
 class TestDigit(BaseModel):
@@ -149,6 +153,16 @@ class SerializedModel:
         self._model = model
         self._lock = threading.Lock()
         self._explainer = None
+
+    def template(self, cls: int) -> np.ndarray | None:
+        """For a linear model (one Linear layer): class `cls`'s weight template, float32 [28, 28] in [-1, 1]
+        (> 0: ink there counts for the class); None for any other network."""
+        layers = self._model.net.spec()
+        if len(layers) != 1 or layers[0].get("type") != "Linear":
+            return None
+        w = np.asarray(self._model.net.layers[0].W[:, cls], dtype=np.float32).reshape(28, 28)  # (784,) -> (28, 28)
+        peak = float(np.abs(w).max())
+        return w / peak if peak > 0 else w
 
     def explain(self, x: np.ndarray, cls: int) -> np.ndarray:
         """float32 [28, 28] in [-1, 1]: d score[cls] / d input x (input - blank input), from the network's own
@@ -325,7 +339,10 @@ def predict_bytes(model, data: bytes) -> dict:
         result = predict_image(model, data, top=3)
     except DigitlabError as exc:
         raise HTTPException(422, f"the uploaded image cannot be used: {exc}")
-    heat = model.explain(result["input"], result["top"][0][0]) if result["found"] and hasattr(model, "explain") else None
+    best = result["top"][0][0]
+    explains = hasattr(model, "explain")  # a SerializedModel (the app's); a bare Classifier gets no explanations
+    heat = model.explain(result["input"], best) if result["found"] and explains else None
+    template = model.template(best) if explains else None
     return {
         "digit": None if result["digit"] is None else int(result["digit"]),
         "reason": result["reason"],
@@ -333,6 +350,7 @@ def predict_bytes(model, data: bytes) -> dict:
         "top": [{"digit": int(d), "probability": float(p)} for d, p in result["top"]],
         "input_png": png_base64(result["input"]),
         "heatmap": None if heat is None else np.round(heat, 3).tolist(),
+        "template": None if template is None else np.round(template, 3).tolist(),
     }
 
 

@@ -28,8 +28,9 @@
   const barsList = $("bars");
   const input28 = $("input28");
   const input28Empty = $("input28-empty");
-  const heat = $("heat");
-  const heatCtx = heat.getContext("2d");
+  const heatCtx = $("heat").getContext("2d");
+  const templateCtx = $("template").getContext("2d");
+  const templateFigure = $("template-figure");
   const modelInfo = $("model-info");
   const modelSelect = $("model-select");
 
@@ -81,11 +82,12 @@
     }
   }
 
-  // The heat map: gradient x input from the server, warm where a pixel pushed towards the answer, cool away.
-  function showHeat(map) {
-    heatCtx.clearRect(0, 0, 28, 28);
+  // A 28x28 map in [-1, 1] (the heat map: gradient x input, warm where a pixel pushed towards the answer, cool
+  // away; a linear model's weight template) painted on a 28x28 canvas.
+  function paintMap(c, map) {
+    c.clearRect(0, 0, 28, 28);
     if (!map) return;
-    const img = heatCtx.createImageData(28, 28);
+    const img = c.createImageData(28, 28);
     for (let y = 0; y < 28; y++) {
       for (let x = 0; x < 28; x++) {
         const v = map[y][x], i = 4 * (28 * y + x), a = Math.min(1, Math.abs(v) * 1.6);
@@ -93,7 +95,15 @@
         img.data[i] = r; img.data[i + 1] = g; img.data[i + 2] = b; img.data[i + 3] = Math.round(255 * a);
       }
     }
-    heatCtx.putImageData(img, 0, 0);
+    c.putImageData(img, 0, 0);
+  }
+
+  function showHeat(map) { paintMap(heatCtx, map); }
+
+  function showTemplate(map, digit) {
+    templateFigure.hidden = !map;
+    paintMap(templateCtx, map);
+    $("template-digit").textContent = String(digit);
   }
 
   function setAnswer(text, kind, detail) {
@@ -107,6 +117,7 @@
     setAnswer("No digit found", "none", detail);
     showBars(null);
     showHeat(null);
+    showTemplate(null, "");
     truthLine.hidden = true;
   }
 
@@ -137,6 +148,7 @@
     }
     showBars(result.probabilities);
     showHeat(result.heatmap);
+    showTemplate(result.template, best.digit);
     const truth = background && strokes.length === 0 && background.digit;
     truthLine.hidden = !truth;
     if (truth) {
