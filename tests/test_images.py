@@ -111,7 +111,7 @@ def _paper_beside_a_region(paper, ink, region, stroke=0.06, share=0.3):
 def test_local_contrast_decides_the_polarity_when_the_tails_are_balanced(paper, ink, region, fit_is_wrong, reference_input):
     """A region brighter (darker) than the paper balances the residual's tails: the surface fit alone is unsure
     (and in two of these cases picks the wrong side); the strokes' local contrast must decide."""
-    from digitlab.images import DEFAULT_CONFIG, _Background, _local_polarity, _resize_longer, _tail_balance
+    from digitlab.images.preprocess import DEFAULT_CONFIG, _Background, _local_polarity, _resize_longer, _tail_balance
 
     img = _paper_beside_a_region(paper, ink, region)
     coarse, _ = _resize_longer(img, DEFAULT_CONFIG.coarse_size)
@@ -128,7 +128,7 @@ def test_local_contrast_decides_the_polarity_when_the_tails_are_balanced(paper, 
 
 def test_local_polarity_follows_the_strokes_not_a_step():
     """Image minus its blur: thin dark strokes on a light field with a dark step -> -1; inverted -> +1."""
-    from digitlab.images import _local_polarity
+    from digitlab.images.preprocess import _local_polarity
 
     img = draw_digit((256, 192), (0.6, 0.5), 0.5, 0.05, paper=200, ink=30)
     ImageDraw.Draw(img).rectangle((0, 0, 80, 192), fill=90)  # a darker desk: a step, both tails

@@ -23,8 +23,6 @@ import time
 import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -586,8 +584,6 @@ def test_half_sent_requests_are_closed_after_the_header_timeout(live_server):
 
 
 def test_connections_past_the_limit_are_closed_at_once(live_server):
-    import socket
-
     port, server = live_server(header_timeout=60, max_connections=4)
     socks = [half_sent(port) for _ in range(4)]
     extra = half_sent(port)
@@ -960,7 +956,6 @@ def test_fuzzed_image_headers_are_judged_before_decoding(sample_client):
 
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
-    from PIL import Image
 
     def header(fmt, w, h):
         if fmt == "PNG":
