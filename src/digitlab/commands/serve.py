@@ -61,8 +61,8 @@ def run(args) -> int:
         best, count = most_accurate(args.runs_dir)
         if best is not None:
             model_path = Path(best.path)
-            acc = best.test_accuracy if best.test_accuracy is not None else best.val_accuracy
-            measured = f"{100 * acc:.2f} % on {best.dataset or 'its'} test" if acc is not None else "no accuracy recorded"
+            split, acc = ("test", best.test_accuracy) if best.test_accuracy is not None else ("validation", best.val_accuracy)
+            measured = f"{100 * acc:.2f} % on {best.dataset or 'its'} {split}" if acc is not None else "no accuracy recorded"
             why = f" (the most accurate of {count} in {args.runs_dir}/: {measured})"
     if model_path is None:
         model_path = train_default(args.runs_dir)
