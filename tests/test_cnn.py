@@ -90,6 +90,10 @@ def test_maxpool_values_and_ties_route_the_gradient_to_one_element():
     pool5.forward(np.ones((2, 5, 5), np.float32))       # all ties
     dx = pool5.backward(np.ones((2, 2, 2, 1), np.float32))
     assert dx.shape == (2, 5, 5) and dx.sum() == 8 and not dx[:, 4].any() and not dx[:, :, 4].any()
+    pool3 = built(MaxPool2D(3), (6, 6, 2))                # 3 x 3 windows (not the 2 x 2 case)
+    pool3.forward(np.ones((1, 6, 6, 2), np.float32))     # all ties: the first element of each window
+    dx = pool3.backward(np.ones((1, 2, 2, 2), np.float32))[0]
+    assert dx.sum() == 8 and dx[::3, ::3].all()
 
 
 @pytest.mark.parametrize("shape", [(6,), (4, 5, 3)], ids=["dense", "conv"])
