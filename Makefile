@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 # PostgreSQL (the multi-machine sweep test starts its own server).
 SYSTEM_PACKAGES := chromium dataset-fashion-mnist postgresql
 
-.PHONY: demo test bench system-deps clean
+.PHONY: demo test bench mutants system-deps clean
 
 $(VENV)/.base: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ bench: $(VENV)/.dev
 	$(PIP) install -e '.[bench]'
 	$(PY) bench/load_mnist.py
 	$(PY) bench/vs_torch.py
+
+# Realistic one-line bugs, each applied to a temporary copy of src/ and run against the fast tests that must
+# catch it (scripts/mutants.py; --list shows the table). Fails if any survives or a snippet no longer matches.
+mutants: $(VENV)/.dev
+	$(PY) scripts/mutants.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .hypothesis

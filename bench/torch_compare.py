@@ -60,6 +60,9 @@ class Comparison:
     def measure(self, configs: list[dict], rounds: int, data_dir: str, epochs: int, timeout: float):
         return measure(self.script, configs, rounds, data_dir, epochs, timeout)
 
+    def report(self, configs: list[dict], table: list[list[dict]], args, cores: int) -> dict:
+        return report(self, configs, table, args, cores)
+
 
 # ----------------------------------------------------------------------------------------------- worker helpers
 def digitlab_worker(recipe: str, data_dir: str, epochs: int, threads: int, warmup_steps: int,
@@ -149,7 +152,7 @@ def report(comparison: Comparison, configs, table, args, cores: int) -> dict:
     ratios = [d["seconds"] / t["seconds"] for d, t in zip(dl, th)]
     print(f"## {comparison.what}, digitlab vs PyTorch (CPU float32), each side in its own process\n")
     print(f"`python bench/{Path(comparison.script).name} {' '.join(args.argv)}` — "
-          f"{platform.processor() or platform.machine()}, {cores} cores, {dl[0]['version']}, {th[0]['version']}, "
+          f"{platform.machine()}, {cores} cores, {dl[0]['version']}, {th[0]['version']}, "
           f"{args.epochs} epoch(s) per process, {len(table)} rounds, load average before: {args.load_before}\n")
     print(f"### Each library's defaults (PyTorch: {th[0]['intra_op_threads']} intra-op threads, OMP_WAIT_POLICY "
           f"unset; digitlab: its recipe's automatic BLAS threads)\n")
@@ -227,7 +230,7 @@ def main(comparison: Comparison, argv=None) -> int:
     args.argv, args.load_before = argv, " / ".join(f"{x:.2f}" for x in os.getloadavg())
     configs = configurations(args.mode, cores)
     table = measure(comparison.script, configs, args.rounds, args.data_dir, args.epochs, args.timeout)
-    figures = report(comparison, configs, table, args, cores)
+    figures = comparison.report(configs, table, args, cores)
     print(f"\nload average after: {' / '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")

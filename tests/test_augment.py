@@ -163,7 +163,7 @@ def test_batches_augment_reproducibly_with_the_normalised_background(digits):
     zero = normalize(np.zeros((1, 28, 28), np.uint8), "standard")[0, 0]  # -0.424
     xa = a[0][0]
     assert xa.min() == pytest.approx(zero) and (xa == zero).mean() > 0.5  # background stays the 0 pixel
-    assert xa.dtype == np.float32 and xa.shape == (16, 784)
+    assert xa.dtype == np.float32 and xa.shape == (16, 28, 28)
 
 
 def test_zero_limits_change_nothing_and_draw_nothing(digits):

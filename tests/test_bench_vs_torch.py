@@ -78,3 +78,23 @@ def test_rounds_alternate_which_side_runs_first(vs_torch, launched, capsys):
     firsts = [cmd[cmd.index("--worker") + 1] for cmd, _ in launched[::2]]
     assert firsts == ["digitlab", "torch", "digitlab", "torch"]
     assert [row[0]["position"] for row in table] == [1, 2, 1, 2]
+
+
+def test_report_gives_defaults_and_each_sides_best_separately(vs_torch, launched, capsys):
+    import argparse
+
+    configs = vs_torch.torch_compare.configurations("best", cores=2)
+    table = vs_torch.COMPARISON.measure(configs, rounds=2, data_dir="/data", epochs=3, timeout=5)
+    for row in table:  # digitlab defaults 1.0 s, PyTorch defaults 2.0 s; the fastest: PyTorch 1 thread 1.6 s
+        for result, config in zip(row, configs):
+            result["seconds"] = {("digitlab", 0): 1.0, ("torch", 0): 2.0, ("torch", 1): 1.6}.get(
+                (config["side"], config["threads"]), 3.0)
+            result.update(version="v", intra_op_threads=2)
+    args = argparse.Namespace(argv=["--mode", "best"], epochs=3, load_before="0")
+    figures = vs_torch.COMPARISON.report(configs, table, args, cores=2)
+    assert figures["default"]["ratio_of_medians"] == pytest.approx(0.5)
+    assert figures["default"]["per_round_ratios"] == [0.5, 0.5]
+    assert figures["best"]["digitlab"] == "digitlab defaults"
+    assert figures["best"]["torch"] == "PyTorch, set_num_threads(1)"
+    assert figures["best"]["ratio_of_medians"] == pytest.approx(1.0 / 1.6)
+    assert "**0.50x**" in capsys.readouterr().out

@@ -119,14 +119,19 @@ def test_adam_with_weight_decay():
     np.testing.assert_allclose(run(Adam(weight_decay=wd), [[0.5, -1.0]], lr=lr), expected, rtol=1e-12)
 
 
-@pytest.mark.parametrize("make", [SGD, lambda: SGD(momentum=0.9, nesterov=True, weight_decay=1e-3), Adam])
-def test_step_updates_in_place_and_leaves_grads_alone(make):
+@pytest.mark.parametrize("make,expected", [
+    (SGD, 1 - 0.1 * 0.5),
+    # g' = 0.5 + 1e-3 * 1 = 0.501; v = g'; step g' + 0.9 v = 1.9 g'
+    (lambda: SGD(momentum=0.9, nesterov=True, weight_decay=1e-3), 1 - 0.1 * 1.9 * 0.501),
+    (Adam, 1 - 0.1 * 0.5 / (0.5 + 1e-8)),  # first Adam step: lr * g / (|g| + eps)
+])
+def test_step_updates_in_place_and_leaves_grads_alone(make, expected):
     p = np.ones((3, 2), dtype=np.float32)
     g = np.full((3, 2), 0.5, dtype=np.float32)
     before = p
     make().step([p], [g], 0.1)
     assert p is before and p.dtype == np.float32
-    assert np.all(p < 1)
+    np.testing.assert_allclose(p, expected, rtol=1e-6)
     np.testing.assert_array_equal(g, 0.5)
 
 

@@ -159,7 +159,7 @@ def test_buffers_survive_changing_batch_sizes_and_grads_are_overwritten():
 
 def test_training_never_touches_the_callers_arrays():
     rng = np.random.default_rng(0)
-    net = Sequential([ReLU(), Linear(5, 3, rng=rng), ReLU(), Linear(3, 2, rng=rng)])
+    net = Sequential([ReLU(), Linear(5, 3, rng=rng), ReLU(), Linear(3, 2, rng=rng)], input_shape=(5,))
     x = rng.standard_normal((4, 5)).astype(np.float32)
     x0 = x.copy()
     scores = net.forward(x)
@@ -222,7 +222,11 @@ def test_spec_round_trip_and_unknown_types():
     with pytest.raises(ConfigError, match="Conv2d"):
         Sequential.from_spec([{"type": "Conv2d"}])
     with pytest.raises(ConfigError, match="layer 0"):
-        Sequential.from_spec([{"type": "Linear", "out": 3}])
+        Sequential.from_spec([{"type": "Linear", "in": 3}], input_shape=(3,))       # no "out"
+    with pytest.raises(ConfigError, match="input_shape"):
+        Sequential.from_spec([{"type": "Linear", "out": 3}])                      # "in" from nowhere
+    with pytest.raises(ConfigError, match="layer 1 .*Flatten"):
+        Sequential.from_spec([{"type": "ReLU"}, {"type": "Linear", "out": 3}], input_shape=(4, 4))
 
 
 def test_same_seed_same_weights_and_dtype_choice():

@@ -286,8 +286,12 @@ def test_weights_for_layers_that_do_not_exist(saved):
 
 
 def test_header_promising_huge_layers_fails_before_allocating(saved):
-    huge = [{"type": "Linear", "in": 10 ** 7, "out": 10 ** 6, "bias": True}]
-    assert_model_error(rewrite(saved, header=lambda h: {**h, "architecture": huge}), "0.W", "(10000000, 1000000)")
+    huge = [{"type": "Linear", "in": 784, "out": 10 ** 9, "bias": True}]
+    assert_model_error(rewrite(saved, header=lambda h: {**h, "architecture": huge}), "0.W", "(784, 1000000000)")
+    huge = [{"type": "Linear", "in": 10 ** 7, "out": 10 ** 6, "bias": True}]      # not even the image's size
+    assert_model_error(rewrite(saved, header=lambda h: {**h, "architecture": huge}), "10000000 inputs")
+    conv = [{"type": "Conv2D", "filters": 10 ** 9, "kernel": 3}, {"type": "Flatten"}, {"type": "Linear", "out": 10}]
+    assert_model_error(rewrite(saved, header=lambda h: {**h, "architecture": conv}), "0.W", "(3, 3, 1, 1000000000)")
 
 
 @pytest.mark.parametrize("key,value", [("class_names", "0123456789"), ("class_names", ["a", "b"]),

@@ -173,7 +173,8 @@ def mnist_test():
 
 def test_cli_curves_json(sample_model, tmp_path, capsys):
     out = tmp_path / "curves.png"
-    code, stdout, _ = run_cli(capsys, "plot", "curves", str(sample_model.model_path.parent), "--out", str(out), "--json")
+    code, stdout, _ = run_cli(capsys, "plot", "curves", str(sample_model.model_path.parent), "--out", str(out),
+                              "--json")
     assert code == 0
     result = json.loads(stdout)
     assert result == {"path": str(out), "width": 1000, "height": 400}

@@ -129,7 +129,7 @@ def test_huge_learning_rate_stops_with_a_clear_message(tmp_path):
 def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path):
     def poison(state, model):  # after the first epoch's checkpoint, break the weights
         if state.step == 51:
-            model.net.layers[0].W[0, 0] = np.nan
+            model.net.parameters()[0][0, 0] = np.nan
 
     run = tmp_path / "poisoned"
     with pytest.raises(TrainingError, match=r"at epoch 2 step 52 .* last good checkpoint is .*epoch 1"):
@@ -234,7 +234,7 @@ def test_evaluate_reports_accuracy_loss_and_per_class():
 def test_seed_003_gives_exactly_the_notebooks_90_32_percent(tmp_path, mnist_dir, dtype):
     result = train_recipe("seed-003-ovr-logistic", {"dtype": dtype}, out_dir=tmp_path / "s3", data_dir=mnist_dir,
                           report=False)
-    assert result.model.net.layers[0].W.dtype == dtype
+    assert result.model.net.parameters()[0].dtype == dtype
     assert f"{100 * result.test_accuracy:.2f}" == "90.32"
 
 

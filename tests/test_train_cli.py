@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import signal
 
 import numpy as np
 import pytest
 
+import digitlab
+import digitlab.train
 from digitlab.cli import main
+from digitlab.train import evaluate
 
 SMALL = ["--dataset", "mnist-sample", "--epochs", "1", "--hidden", "16", "--batch-size", "64", "--quiet"]
 
@@ -18,10 +22,10 @@ def run_json(capsys, *argv):
     return code, json.loads(out)
 
 
-def test_recipes_lists_all_six(capsys):
+def test_recipes_lists_every_recipe(capsys):
     code, rows = run_json(capsys, "recipes")
     assert code == 0
-    assert [r["name"] for r in rows] == ["mlp", "seed-000-softmax", "seed-001-softmax",
+    assert [r["name"] for r in rows] == ["cnn", "mlp", "seed-000-softmax", "seed-001-softmax",
                                          "seed-002-mlp-sigmoid-mse", "seed-003-ovr-logistic", "seed-004-mlp-relu"]
     assert main(["recipes"]) == 0
     text = capsys.readouterr().out
@@ -32,9 +36,6 @@ def test_train_then_evaluate_json(tmp_path, capsys):
     out = tmp_path / "run"
     code, result = run_json(capsys, "train", *SMALL, "--shift", "2", "--dropout", "0.1", "--out", str(out))
     assert code == 0
-    import digitlab
-    from digitlab.train import evaluate
-
     images, labels = digitlab.data.load("mnist-sample", split="test")
     expected = evaluate(digitlab.load(out / "model.safetensors"), images, labels)
     assert result["test_accuracy"] == expected["accuracy"] and result["test_accuracy"] > 0.5
@@ -53,17 +54,11 @@ def test_train_then_evaluate_json(tmp_path, capsys):
 
 
 def _weights(path):
-    import digitlab
-
     return digitlab.load(path).net.state_dict()
 
 
 @pytest.mark.parametrize("stop_step", [100, 200], ids=["mid-epoch-1", "mid-epoch-2"])
 def test_ctrl_c_then_resume_from_cli_equals_an_uninterrupted_run(tmp_path, capsys, monkeypatch, stop_step):
-    import signal
-
-    import digitlab.train
-
     two_epochs = [*SMALL, "--epochs", "2", "--seed", "3"]  # 157 steps per epoch (10,000 / 64)
     code, straight = run_json(capsys, "train", *two_epochs, "--out", str(tmp_path / "straight"))
     assert code == 0 and straight["steps"] == 314
@@ -127,6 +122,9 @@ def test_reproduce_json_rows(tmp_path, capsys):
     assert {"recipe", "metric", "reported", "ours", "seconds"} <= set(row)
     assert row["recipe"] == "tiny" and row["metric"] == "test_accuracy" and row["reported"] == 0.5
     assert row["ours"] > 0.6 and row["ok"] is True
+    images, labels = digitlab.data.load("mnist-sample", split="test")
+    model = digitlab.load(tmp_path / "rep" / "tiny" / "model.safetensors")
+    assert row["ours"] == evaluate(model, images, labels)["accuracy"]  # the figure is the saved model's
     recipe.write_text(recipe.read_text().replace("target = 0.6", "target = 0.999"))
     assert main(["reproduce", str(recipe), "--out", str(tmp_path / "rep2"), "--quiet", "--strict"]) == 1
     table = capsys.readouterr().out

@@ -26,8 +26,8 @@ STEPS = 6
 # Linear softmax model from zero weights, full batch (one step per epoch), float64: every quantity is exact up
 # to rounding, and the state after each step is what the callback sees.
 LINEAR = {"dataset": "mnist-sample", "hidden": (), "init": ("zeros",), "batch_size": 0, "epochs": STEPS,
-          "dtype": "float64", "normalization": "unit", "dropout": 0.0, "shift": 0, "val_size": 0, "seed": 0, "schedule": "constant",
-          "warmup_steps": 0}
+          "dtype": "float64", "normalization": "unit", "dropout": 0.0, "shift": 0, "val_size": 0, "seed": 0,
+          "schedule": "constant", "warmup_steps": 0}
 
 
 def _trajectory(tmp_path, overrides, name="run"):
@@ -35,7 +35,7 @@ def _trajectory(tmp_path, overrides, name="run"):
     seen = []
 
     def record(state, model):
-        seen.append((state.step, {k: v.copy() for k, v in model.net.state_dict().items()}))
+        seen.append((state.step, {k.split(".")[-1]: v.copy() for k, v in model.net.state_dict().items()}))  # W, b
 
     result = train_recipe("mlp", {**LINEAR, **overrides}, out_dir=tmp_path / name, quiet=True, report=False,
                           callback=record)
@@ -62,7 +62,7 @@ def _reference(lrs, X, y, *, optimizer, momentum=0.9, weight_decay=0.0, b1=0.9, 
     for t, lr in enumerate(lrs, start=1):
         grads = _softmax_ce_grads(params[0], params[1], X, y)
         for i, (p, g) in enumerate(zip(params, grads)):
-            g = g + weight_decay * p
+            g = g + weight_decay * p if i == 0 else g  # weight decay on weights only, never the bias
             if optimizer == "adam":
                 m, v = slots[0][i], slots[1][i]
                 m[...] = b1 * m + (1 - b1) * g
@@ -74,7 +74,7 @@ def _reference(lrs, X, y, *, optimizer, momentum=0.9, weight_decay=0.0, b1=0.9, 
                 p -= lr * (g + momentum * v if optimizer == "nesterov" else v)
             else:
                 p -= lr * g
-        out.append({"0.W": params[0].copy(), "0.b": params[1].copy()})
+        out.append({"W": params[0].copy(), "b": params[1].copy()})
     return out
 
 
@@ -93,7 +93,7 @@ def _expected_lrs(lr, schedule, warmup, total=STEPS):
 @pytest.fixture(scope="module")
 def sample_train():
     images, labels = digitlab.data.load("mnist-sample", split="train")
-    return normalize(images, "unit", np.float64), labels.astype(np.int64)
+    return normalize(images, "unit", np.float64).reshape(len(images), -1), labels.astype(np.int64)
 
 
 WIRING = {
@@ -117,7 +117,7 @@ def test_recipe_optimizer_and_schedule_drive_every_step(tmp_path, sample_train, 
     expected = _reference(lrs, *sample_train, optimizer=cfg["optimizer"], momentum=cfg.get("momentum", 0.9),
                           weight_decay=cfg.get("weight_decay", 0.0))
     for k, (got, want) in enumerate(zip(weights, expected)):
-        for name in ("0.W", "0.b"):
+        for name in ("W", "b"):
             # atol: at zero weights the sample's balanced classes give bias gradients of pure rounding (~1e-16),
             # which Adam's first step turns into updates of ~1e-10 either way
             np.testing.assert_allclose(got[name], want[name], rtol=1e-7, atol=1e-8,
@@ -130,7 +130,7 @@ def test_the_reference_tells_the_cases_apart(sample_train):
     """Guard for the test above: each wiring mistake moves the trajectory far beyond its tolerance."""
     X, y = sample_train
     X, y = X[:500], y[:500]
-    base = _reference(_expected_lrs(0.2, "step", 0), X, y, optimizer="momentum", momentum=0.8)[-1]["0.W"]
+    base = _reference(_expected_lrs(0.2, "step", 0), X, y, optimizer="momentum", momentum=0.8)[-1]["W"]
     variants = [
         _reference(_expected_lrs(0.2, "step", 0), X, y, optimizer="momentum", momentum=0.9),
         _reference(_expected_lrs(0.2, "step", 0), X, y, optimizer="nesterov", momentum=0.8),
@@ -138,7 +138,7 @@ def test_the_reference_tells_the_cases_apart(sample_train):
         _reference(_expected_lrs(0.2, "step", 0, total=STEPS + 1)[1:], X, y, optimizer="momentum", momentum=0.8),
     ]
     for other in variants:
-        assert np.abs(other[-1]["0.W"] - base).max() > 1e-4 * np.abs(base).max()
+        assert np.abs(other[-1]["W"] - base).max() > 1e-4 * np.abs(base).max()
 
 
 # ------------------------------------------------------------------------------------------------ epoch order
@@ -180,7 +180,7 @@ def test_train_val_split_is_disjoint_and_complete(size, stratify):
 def test_fit_visits_every_training_image_once_per_epoch_in_a_fresh_random_order(tmp_path):
     images, _ = digitlab.data.load("mnist-sample", split="train")
     index = _row_index(images)
-    X = normalize(images, "unit", np.float64)  # (10000, 784)
+    X = normalize(images, "unit", np.float64).reshape(len(images), -1)  # (10000, 784)
     X /= np.linalg.norm(X, axis=1, keepdims=True)
     train_ids = sorted(index[img.tobytes()] for img in prepare_data(load_recipe("mlp", ORDER)).train.images)
     assert len(train_ids) == 50
@@ -189,7 +189,7 @@ def test_fit_visits_every_training_image_once_per_epoch_in_a_fresh_random_order(
 
     def which_image(state, model):
         # plain SGD, batch of one, linear model: W_new - W_old = -lr x (p - y)^T, every column a multiple of x
-        W = model.net.state_dict()["0.W"]
+        W = next(v for k, v in model.net.state_dict().items() if k.endswith(".W"))
         delta = W - previous
         previous[...] = W
         column = delta[:, np.argmax(np.linalg.norm(delta, axis=0))]  # (784,)

@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "digitlab.commands.plot",
     "digitlab.commands.serve",
     "digitlab.commands.sweep",
+    "digitlab.commands.export",
 )
 
 

@@ -35,7 +35,11 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 from digitlab.errors import ConfigError, DigitlabError
 from digitlab.fsutil import atomic_write_text
@@ -155,11 +159,12 @@ def load_spec(path) -> Spec:
         if key in raw and raw[key] < (1 if key == "trials" else 0):
             raise ConfigError(f"{where}: {key} must be >= {1 if key == 'trials' else 0}, got {raw[key]}")
     recipe = raw["recipe"]
-    if recipe.endswith(".toml") and not Path(recipe).is_absolute():
-        recipe = str(path.parent / recipe)  # a recipe file next to the spec
+    if recipe.endswith(".toml") and (path.parent / recipe).is_file():
+        recipe = str(path.parent / recipe)  # a recipe file path is relative to the spec (else to the cwd)
     space = tuple(_param(name, value, where) for name, value in raw.get("space", {}).items())
     if not space:
-        raise ConfigError(f"{where}: [space] is empty; give at least one field to search, e.g. lr = {{ log = [1e-4, 1e-1] }}")
+        raise ConfigError(f"{where}: [space] is empty; give at least one field to search, "
+                          f"e.g. lr = {{ log = [1e-4, 1e-1] }}")
     fixed = raw.get("fixed", {})
     for name in fixed:
         _check_field(name, where, "fixed")
@@ -243,9 +248,11 @@ def open_storage(out_dir: Path, url: str | None):
     file lock serialises writers and concurrent workers hit "database is locked"; some features such as
     enqueued trials are not safe with it, optuna/optuna#4002), while JournalFileBackend is made for several
     processes sharing one file: every change is one appended JSON line written in a single write() + fsync
-    under a lock file, so a worker killed with kill -9 leaves either the whole line or none, and a lock left
-    by a dead process expires after its grace period (JournalFileSymlinkLock, 30 s). See
+    under a lock, so a worker killed with kill -9 leaves either the whole line or none. See
     https://optuna.readthedocs.io/en/stable/reference/generated/optuna.storages.journal.JournalFileBackend.html
+    The lock is an flock() on study.journal.lock (FlockLock), which the kernel releases when its process
+    dies; Optuna's default symlink lock, made for NFS without working locks, would make every process wait
+    out its 30 s grace period after a worker was killed while writing.
     """
     import optuna
 
@@ -253,15 +260,18 @@ def open_storage(out_dir: Path, url: str | None):
         from optuna.storages.journal import JournalFileBackend
 
         out_dir.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(str(out_dir / JOURNAL)))
+        path = str(out_dir / JOURNAL)
+        lock = FlockLock(path + ".lock") if fcntl is not None else None  # None: Optuna's default (Windows)
+        return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=lock))
     import sqlalchemy.exc
 
     for attempt in range(SCHEMA_RETRIES):
         try:
             with warnings.catch_warnings():  # heartbeat_interval is "experimental" since Optuna 2.x
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                                                  engine_kwargs={"pool_pre_ping": True})
+                return optuna.storages.RDBStorage(
+                    url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, engine_kwargs={"pool_pre_ping": True},
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None))
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
             # workers starting together on a fresh database race to create Optuna's tables; the loser
             # finds them made on its next try
@@ -270,6 +280,25 @@ def open_storage(out_dir: Path, url: str | None):
             time.sleep(0.5 * (attempt + 1))
         except Exception as exc:  # sqlalchemy: bad URL, no driver, server unreachable, auth failure, ...
             raise ConfigError(f"cannot open the study storage {_safe_url(url)}: {_first_line(exc)}") from None
+
+
+class FlockLock:
+    """The lock of a journal file for Optuna's JournalFileBackend (its lock_obj interface: acquire/release),
+    held with flock(): exclusive between processes, released by the kernel if the holder dies."""
+
+    def __init__(self, path: str):
+        self.path, self.fd = path, None
+
+    def acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # blocks until no other process holds it
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        fd, self.fd = self.fd, None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def _safe_url(url: str) -> str:
@@ -295,7 +324,10 @@ def _sampler(spec: Spec, worker: int):
         return optuna.samplers.GridSampler({p.name: p.grid() for p in spec.space}, seed=seed)
     if spec.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
+    # constant_liar: running trials count as bad guesses, so parallel workers do not all try the same region
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
 
 
 def _pruner(spec: Spec):
@@ -328,7 +360,8 @@ def open_study(spec: Spec, out_dir: Path, storage_url: str | None, worker: int =
     except DigitlabError:
         raise
     except Exception as exc:  # the database went away between connecting and using it, ...
-        raise ConfigError(f"study {spec.study!r} in {_storage_label(out_dir, storage_url)}: {_first_line(exc)}") from None
+        where = _storage_label(out_dir, storage_url)
+        raise ConfigError(f"study {spec.study!r} in {where}: {_first_line(exc)}") from None
 
 
 def _check_direction(study, spec: Spec):
@@ -360,14 +393,16 @@ def _dead_local(trial) -> bool:
 
 
 def fail_dead_trials(study) -> list[int]:
-    """Mark RUNNING trials of dead local workers FAIL (RDB storages also fail stale trials of other machines
-    through Optuna's heartbeat); they do not count towards the sweep's number of trials."""
+    """Mark RUNNING trials of dead local workers FAIL and queue their parameters again (RDB storages do the
+    same for other machines through Optuna's heartbeat and RetryHeartbeatStaleTrialCallback). Such failures
+    do not count towards the sweep's number of trials."""
     from optuna.trial import TrialState
 
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if _dead_local(t):
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            study.enqueue_trial(t.params)
             failed.append(t.number)
     return failed
 
@@ -431,8 +466,9 @@ def make_objective(spec: Spec, out_dir: Path, fixed: dict, data_dir=None, quiet:
             trial.set_user_attr(COUNTED_ERROR, str(exc))
             _finish_trial(run_dir, record, "FAIL", None, str(exc), t0, quiet)
             raise
-        except KeyboardInterrupt as exc:  # Optuna marks the trial FAIL; the next sweep command runs another
+        except KeyboardInterrupt as exc:  # Optuna marks the trial FAIL; the next sweep command runs it again
             trial.set_user_attr("interrupted", str(exc) or "interrupted")
+            trial.study.enqueue_trial(trial.params)
             _finish_trial(run_dir, record, "FAIL", None, f"interrupted: {exc}", t0, quiet=True)
             raise
         reporter.report(result.history, prune=False)
@@ -555,7 +591,10 @@ def run_sweep(spec: Spec, out_dir, n_trials: int | None = None, workers: int = 1
             for p in procs:  # they got the same Ctrl-C and are saving their checkpoints
                 p.join()
             raise
-        died = [f"worker {i} (exit {p.exitcode})" for i, p in enumerate(procs) if p.exitcode != 0]
+        codes = [p.exitcode for p in procs]
+        if 130 in codes and all(c in (0, 130) for c in codes):  # the workers got the Ctrl-C before we did
+            raise KeyboardInterrupt
+        died = [f"worker {i} (exit {c})" for i, c in enumerate(codes) if c != 0]
         if died:
             raise DigitlabError(f"sweep {out_dir}: {', '.join(died)} stopped early; rerun the same command to "
                                 f"continue the study")
@@ -702,7 +741,8 @@ def write_sweep_plots(study, result: dict, out_dir: Path) -> list[Path]:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            importances = optuna.importance.get_param_importances(study)
+            evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)  # scikit-learn's random forests
+            importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
         fig = Figure(figsize=(6, 1 + 0.4 * len(importances)), dpi=100)
         ax = fig.add_subplot()
         names = list(importances)[::-1]

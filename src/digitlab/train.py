@@ -1,4 +1,4 @@
-"""Training: one `fit()` loop, one `evaluate()`, and `train_recipe()` used by the CLI and the tests.
+"""Training: `train_step()`, the `fit()` loop around it, `evaluate()`, and `train_recipe()` (CLI and tests).
 
     from digitlab.train import train_recipe, evaluate
     result = train_recipe("seed-004-mlp-relu", overrides={"epochs": 2}, out_dir="runs/s4")
@@ -10,7 +10,11 @@ A run folder holds config.json (the resolved recipe), history.csv (one row per e
 after each), checkpoint.safetensors (weights + optimizer state + RNG states + position, every
 `checkpoint_every` epochs and on Ctrl-C), model.safetensors, summary.json and the plots report.
 Same recipe + same seed gives bit-identical weights; a resumed run gives the same weights as an
-uninterrupted one. A non-finite loss stops with a `TrainingError` and leaves the last good checkpoint.
+uninterrupted one. A diverged run (a non-finite loss, or an epoch whose mean loss is over DIVERGED_FACTOR
+times the starting one) stops with a `TrainingError` and leaves the last good checkpoint.
+
+Checkpoints live in digitlab.checkpoint, `reproduce` in digitlab.reproduce, `gradcheck_recipe` in
+digitlab.gradcheck; they are re-exported here.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,23 +42,26 @@ from digitlab.data.dataset import (
     sklearn_train_test_split_indices,
     train_val_split,
 )
+from digitlab.checkpoint import CHECKPOINT, TrainState, checkpoint_epoch, load_checkpoint, save_checkpoint
 from digitlab.errors import ConfigError, TrainingError
 from digitlab.fsutil import atomic_write_text
-from digitlab.nn.layers import Dropout
+from digitlab.nn.layers import Dropout, Sequential
 from digitlab.nn.losses import get_loss
-from digitlab.nn.model import Classifier, build_mlp, read_model_file
+from digitlab.nn.model import Classifier
 from digitlab.nn.optim import SGD, Adam, make_schedule, onecycle_beta1
-from digitlab.recipes import Recipe, load_recipe, make_recipe, recipe_names
+from digitlab.recipes import Recipe, architecture_of, load_recipe, make_recipe
 
 HISTORY_COLUMNS = ("epoch", "step", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
                    "test_loss", "test_accuracy", "seconds")
-CHECKPOINT = "checkpoint.safetensors"
 MODEL = "model.safetensors"
 EVAL_BATCH = 10_000
 # Below this many multiply-adds per forward pass, train on one BLAS thread. Measured on 2 cores (median epoch,
 # 1 vs 2 threads alternating): seed-000 (2 M) 0.16 vs 0.20 s, seed-002 (13 M) 0.57 vs 0.58 s, seed-004 (15 M)
 # 1.33 vs 0.91 s.
 SMALL_STEP_MACS = 12_000_000
+# An epoch whose mean training loss exceeds this many times max(starting loss, log C) has diverged (a
+# learning rate far too high: loss 7.7e19 at lr 1e9); healthy runs stay below their starting loss.
+DIVERGED_FACTOR = 100.0
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -100,24 +107,35 @@ def _rngs(seed: int) -> dict[str, np.random.Generator]:
 
 
 # ------------------------------------------------------------------------------------------------ model
-def build_model(recipe: Recipe, n_classes: int, class_names, rngs: dict) -> Classifier:
-    """The recipe's network (He/normal/... init from rngs["init"]) wrapped as a Classifier."""
-    n_linear = len(recipe.hidden) + 1
-    inits = list(recipe.init[:n_linear]) + [recipe.init[-1]] * (n_linear - len(recipe.init))
-    net = build_mlp(784, recipe.hidden, n_classes, activation=recipe.activation, init=inits, bias=recipe.bias,
-                    dropout=recipe.dropout, rng=rngs["init"], dtype=np.dtype(recipe.dtype))
+def build_model(recipe: Recipe, n_classes: int, class_names, rngs: dict, input_shape=(28, 28)) -> Classifier:
+    """The recipe's network for images of `input_shape` (weights drawn from rngs["init"]) as a Classifier.
+
+    The network is `architecture_of(recipe, n_classes)`: the recipe's `architecture` list, or for MLP
+    recipes Flatten -> (Linear -> activation [-> Dropout]) per `hidden` width -> Linear(n_classes).
+    """
+    net = Sequential.from_spec(architecture_of(recipe, n_classes), input_shape=input_shape, rng=rngs["init"],
+                               dtype=np.dtype(recipe.dtype))
+    if net.output_shape != (n_classes,):
+        raise ConfigError(f"recipe {recipe.name!r}: the architecture ends in outputs of shape {net.output_shape}, "
+                          f"but the data set has {n_classes} classes")
     for layer in net.layers:
         if isinstance(layer, Dropout):  # dropout draws from its own stream, saved in checkpoints
             layer.rng = rngs["noise"]
-    return Classifier(net, recipe.loss, recipe.normalization, class_names)
+    return Classifier(net, recipe.loss, recipe.normalization, class_names, input_shape=list(input_shape))
 
 
-def build_optimizer(recipe: Recipe, total_steps: int = 0):
-    if recipe.optimizer == "adam":  # cycle_beta1: beta1 follows onecycle_beta1 over the run's total_steps
+def build_optimizer(recipe: Recipe, net: Sequential | None = None, total_steps: int = 0):
+    """The recipe's optimizer; given the network, weight decay skips biases and BatchNorm parameters
+    (unless the recipe sets decay_all). cycle_beta1: Adam's beta1 follows onecycle_beta1 over total_steps."""
+    if recipe.optimizer == "adam":
         cycle = onecycle_beta1(total_steps) if recipe.cycle_beta1 else None
-        return Adam(weight_decay=recipe.weight_decay, beta1_schedule=cycle)
-    momentum = recipe.momentum if recipe.optimizer in ("momentum", "nesterov") else 0.0
-    return SGD(momentum=momentum, nesterov=recipe.optimizer == "nesterov", weight_decay=recipe.weight_decay)
+        opt = Adam(weight_decay=recipe.weight_decay, beta1_schedule=cycle)
+    else:
+        momentum = recipe.momentum if recipe.optimizer in ("momentum", "nesterov") else 0.0
+        opt = SGD(momentum=momentum, nesterov=recipe.optimizer == "nesterov", weight_decay=recipe.weight_decay)
+    if net is not None and not recipe.decay_all:
+        opt.decay_mask = net.decay_flags()
+    return opt
 
 
 # ------------------------------------------------------------------------------------------------ plan
@@ -151,35 +169,24 @@ def _epoch_batches(recipe: Recipe, plan: Plan, train: Split, full_x, epoch: int,
                    shift=recipe.shift, rotate=recipe.rotate, scale=recipe.scale, translate=recipe.translate)
 
 
-# ------------------------------------------------------------------------------------------------ state
-@dataclass
-class TrainState:
-    """Where a run is; everything a checkpoint needs besides the weights and optimizer arrays."""
-
-    epoch: int = 0  # completed epochs
-    step: int = 0  # completed optimizer steps
-    batch: int = 0  # steps done in the current, unfinished epoch
-    loss_sum: float = 0.0  # running sums of the current epoch
-    correct: int = 0
-    seen: int = 0
-    seconds: float = 0.0
-    epoch_rng: dict | None = None  # order-RNG state at the start of the current epoch
-    noise_rng: dict | None = None
-    history: list = field(default_factory=list)
-
-    def start_epoch(self, order_rng) -> None:
-        self.batch, self.loss_sum, self.correct, self.seen, self.seconds = 0, 0.0, 0, 0, 0.0
-        self.epoch_rng = order_rng.bit_generator.state
-
-    def record(self, loss: float, correct: int, n: int) -> None:
-        self.step += 1
-        self.batch += 1
-        self.loss_sum += loss * n
-        self.correct += correct
-        self.seen += n
-
-
 # ------------------------------------------------------------------------------------------------ fit
+def train_step(model: Classifier, optimizer, x, y, lr: float, loss_fn=None) -> tuple[float, int]:
+    """One optimizer step on the batch (x, y) at learning rate lr; returns (mean loss, correct predictions).
+    A non-finite loss returns before anything is updated (the caller stops the run)."""
+    net = model.net
+    scores = net.forward(x)  # (B, *input_shape) -> (B, C)
+    correct = int(np.count_nonzero(scores.argmax(axis=1) == y))
+    loss, dscores = (loss_fn or model.loss)(scores, y, out=scores)  # gradient written over the scores
+    if not math.isfinite(loss):
+        return loss, correct
+    fold = optimizer.folds_lr  # plain SGD: scale the gradient once, then W -= dW in one pass
+    if fold:
+        dscores *= lr  # (B, C)
+    net.backward(dscores)
+    optimizer.step(net.parameters(), net.grads(), 1.0 if fold else lr)
+    return loss, correct
+
+
 def fit(model: Classifier, optimizer, data: RunData, recipe: Recipe, state: TrainState, rngs: dict,
         run_dir=None, quiet: bool = True, callback=None) -> TrainState:
     """Train `model` in place from `state` to the end of `recipe`; checkpoints and history go to run_dir.
@@ -189,38 +196,33 @@ def fit(model: Classifier, optimizer, data: RunData, recipe: Recipe, state: Trai
     """
     from tqdm.auto import tqdm
 
-    net, plan = model.net, Plan.of(recipe, len(data.train.labels))
+    plan = Plan.of(recipe, len(data.train.labels))
     loss_fn = get_loss(recipe.loss, recipe.label_smoothing)  # the model's loss, smoothed for training
     schedule = _schedule(recipe, plan)
-    fold_lr = optimizer.folds_lr
     augmenting = recipe.shift or recipe.rotate or recipe.scale or recipe.translate
     one_batch = plan.per_epoch == 1 and not augmenting  # full batch, nothing to augment: normalise once
     full_x = normalize(data.train.images, recipe.normalization, recipe.dtype) if one_batch else None
     bar = tqdm(total=plan.total, initial=state.step, unit="step", leave=False, desc=recipe.name,
                disable=quiet or not sys.stderr.isatty())
+    if state.order_rng is None:
+        state.order_rng = rngs["order"].bit_generator.state
     # A diverging run overflows a step or two before its loss turns non-finite; rather than a flood of
     # RuntimeWarnings, every step's loss is checked and a non-finite one stops training with a TrainingError.
-    with _sigint_deferred() as ctrl_c, np.errstate(over="ignore", invalid="ignore"), bar, _blas_threads(recipe, plan):
+    with _sigint_deferred() as ctrl_c, np.errstate(over="ignore", invalid="ignore"), bar, \
+            _blas_threads(recipe, plan, model.net):
         try:
             while state.epoch < plan.epochs:
-                if state.batch == 0:
-                    state.start_epoch(rngs["order"])
-                rngs["order"].bit_generator.state = state.epoch_rng  # replay this epoch's order
+                rngs["order"].bit_generator.state = state.order_rng  # replay this epoch's order
                 epoch_batches = _epoch_batches(recipe, plan, data.train, full_x, state.epoch, rngs["order"])
                 for _ in range(state.batch):  # resuming mid-epoch: skip the batches already done
                     next(epoch_batches)
                 t0 = time.perf_counter() - state.seconds
                 for x, y in epoch_batches:
                     lr = schedule(state.step)
-                    scores = net.forward(x)  # (B, 784) -> (B, C)
-                    correct = int(np.count_nonzero(scores.argmax(axis=1) == y))
-                    loss, dscores = loss_fn(scores, y, out=scores)  # gradient written over the scores
+                    loss, correct = train_step(model, optimizer, x, y, lr, loss_fn)
                     if not math.isfinite(loss):
-                        raise _diverged(loss, state, lr, run_dir)
-                    if fold_lr:
-                        dscores *= lr  # (B, C): plain SGD then updates W -= dW in one pass
-                    net.backward(dscores)
-                    optimizer.step(net.parameters(), net.grads(), 1.0 if fold_lr else lr)
+                        raise _diverged(f"loss became {'NaN' if math.isnan(loss) else 'infinite'} at epoch "
+                                        f"{state.epoch + 1} step {state.step + 1}", lr, run_dir)
                     state.record(loss, correct, len(y))
                     state.seconds = time.perf_counter() - t0
                     bar.update(1)
@@ -228,7 +230,12 @@ def fit(model: Classifier, optimizer, data: RunData, recipe: Recipe, state: Trai
                         callback(state, model)
                     if ctrl_c["hit"]:
                         raise KeyboardInterrupt
-                _end_epoch(model, data, state, schedule(state.step - 1), quiet, bar)
+                _check_divergence(state, len(model.class_names), schedule(state.step - 1), run_dir)
+                row = _epoch_row(model, data, state, schedule(state.step - 1))
+                state.history.append(row)
+                state.next_epoch(rngs["order"])
+                if not quiet:
+                    bar.write(_epoch_line(row), file=sys.stderr)
                 if run_dir is not None:
                     _write_history(run_dir, state.history)
                     if state.epoch % recipe.checkpoint_every == 0 or state.epoch == plan.epochs:
@@ -238,12 +245,11 @@ def fit(model: Classifier, optimizer, data: RunData, recipe: Recipe, state: Trai
     return state
 
 
-def _blas_threads(recipe: Recipe, plan: Plan):
+def _blas_threads(recipe: Recipe, plan: Plan, net: Sequential):
     """Limit BLAS threads for the run: recipe.threads, or 1 when each step's matrix products are tiny."""
     from threadpoolctl import threadpool_limits
 
-    widths = [784, *recipe.hidden, 10]
-    macs = plan.batch_size * sum(a * b for a, b in zip(widths[:-1], widths[1:]))  # per forward pass
+    macs = plan.batch_size * net.macs()  # per forward pass
     threads = recipe.threads or (1 if macs < SMALL_STEP_MACS else None)
     return threadpool_limits(threads, user_api="blas") if threads else contextlib.nullcontext()
 
@@ -255,7 +261,8 @@ def _schedule(recipe: Recipe, plan: Plan):
     return make_schedule(name, recipe.lr, plan.total, recipe.warmup_steps, **extra)
 
 
-def _end_epoch(model, data: RunData, state: TrainState, lr: float, silent: bool, bar) -> None:
+def _epoch_row(model, data: RunData, state: TrainState, lr: float) -> dict:
+    """The history row of the epoch just trained (evaluates val and test)."""
     row = {"epoch": state.epoch + 1, "step": state.step, "lr": lr, "train_loss": state.loss_sum / state.seen,
            "train_accuracy": state.correct / state.seen, "seconds": state.seconds}
     for split in ("val", "test"):
@@ -263,11 +270,7 @@ def _end_epoch(model, data: RunData, state: TrainState, lr: float, silent: bool,
         if part is not None:
             result = evaluate(model, part.images, part.labels)
             row[f"{split}_loss"], row[f"{split}_accuracy"] = result["loss"], result["accuracy"]
-    state.history.append(row)
-    state.epoch += 1
-    state.batch = 0
-    if not silent:
-        bar.write(_epoch_line(row), file=sys.stderr)
+    return row
 
 
 def _epoch_line(row: dict) -> str:
@@ -278,13 +281,20 @@ def _epoch_line(row: dict) -> str:
     return " | ".join(parts + [f"{row['seconds']:.2f} s"])
 
 
-def _diverged(loss, state: TrainState, lr: float, run_dir) -> TrainingError:
-    what = "NaN" if math.isnan(loss) else "infinite"
+def _check_divergence(state: TrainState, n_classes: int, lr: float, run_dir) -> None:
+    """TrainingError when the epoch's mean loss is over DIVERGED_FACTOR x max(starting loss, log C)."""
+    mean = state.loss_sum / max(state.seen, 1)
+    scale = max(state.start_loss or 0.0, math.log(max(n_classes, 2)))
+    if mean > DIVERGED_FACTOR * scale:
+        raise _diverged(f"training diverged: the mean loss of epoch {state.epoch + 1} is {mean:.3g}, over "
+                        f"{DIVERGED_FACTOR:g} times the starting loss {scale:.3g}", lr, run_dir)
+
+
+def _diverged(what: str, lr: float, run_dir) -> TrainingError:
     ckpt = Path(run_dir) / CHECKPOINT if run_dir is not None else None
-    kept = (f"; the last good checkpoint is {ckpt} (epoch {_checkpoint_epoch(ckpt)})"
+    kept = (f"; the last good checkpoint is {ckpt} (epoch {checkpoint_epoch(ckpt)})"
             if ckpt is not None and ckpt.is_file() else "; no checkpoint was written before it")
-    return TrainingError(f"loss became {what} at epoch {state.epoch + 1} step {state.step + 1} — "
-                         f"learning rate {lr:g} is probably too high{kept}")
+    return TrainingError(f"{what} — learning rate {lr:g} is probably too high{kept}")
 
 
 def _interrupted(model, optimizer, state, rngs, run_dir, hard: bool) -> KeyboardInterrupt:
@@ -361,42 +371,6 @@ def evaluate_file(model: Classifier, dataset: str | None = None, split: str = "t
     return result
 
 
-# ------------------------------------------------------------------------------------------------ checkpoints
-def save_checkpoint(path, model: Classifier, optimizer, state: TrainState, rngs: dict) -> Path:
-    """Weights + optimizer arrays as tensors; optimizer scalars, position, RNG states and history in the header."""
-    opt_state = optimizer.state_dict()
-    arrays = {f"optim.{k}": v for k, v in opt_state.items() if isinstance(v, np.ndarray)}
-    scalars = {k: v for k, v in opt_state.items() if not isinstance(v, np.ndarray)}
-    state.noise_rng = rngs["noise"].bit_generator.state
-    return model.save(path, extra_tensors=arrays, checkpoint={"optimizer": scalars, **dataclasses.asdict(state)})
-
-
-def load_checkpoint(path, model: Classifier, optimizer, rngs: dict) -> TrainState:
-    """Restore weights, optimizer and RNG states from `path` into the given objects; returns the TrainState."""
-    saved, header, extra = read_model_file(path)
-    info = header.get("checkpoint")
-    if not isinstance(info, dict):
-        raise TrainingError(f"{path} is a model file, not a training checkpoint (no 'checkpoint' header)")
-    try:
-        model.net.load_state_dict(saved.net.state_dict())
-    except ValueError as exc:
-        raise TrainingError(f"{path}: does not match this run's model ({exc})") from None
-    optimizer.load_state_dict({**info.pop("optimizer"), **{k[len("optim."):]: v for k, v in extra.items()
-                                                              if k.startswith("optim.")}})
-    state = TrainState(**info)
-    rngs["noise"].bit_generator.state = state.noise_rng
-    if state.epoch_rng is not None:
-        rngs["order"].bit_generator.state = state.epoch_rng
-    return state
-
-
-def _checkpoint_epoch(path) -> str:
-    try:
-        return str(read_model_file(path)[1]["checkpoint"]["epoch"])
-    except Exception:  # only for the message; the file itself is left alone
-        return "?"
-
-
 # ------------------------------------------------------------------------------------------------ runs
 @dataclass
 class RunResult:
@@ -441,8 +415,8 @@ def train_recipe(name, overrides: dict | None = None, out_dir=None, data_dir=Non
         _refuse_to_overwrite(run_dir)  # before loading any data: fail fast, and never lose an earlier run
     data = prepare_data(recipe, data_dir, quiet=quiet)
     rngs = _rngs(recipe.seed)
-    model = build_model(recipe, len(data.class_names), data.class_names, rngs)
-    optimizer = build_optimizer(recipe, Plan.of(recipe, len(data.train.labels)).total)
+    model = build_model(recipe, len(data.class_names), data.class_names, rngs, data.train.images.shape[1:])
+    optimizer = build_optimizer(recipe, model.net, Plan.of(recipe, len(data.train.labels)).total)
     if resume:
         ckpt = run_dir / CHECKPOINT
         if not ckpt.is_file():
@@ -505,48 +479,10 @@ def _write_history(run_dir, history: list) -> None:
     atomic_write_text(Path(run_dir) / "history.csv", buf.getvalue())
 
 
-# ------------------------------------------------------------------------------------------------ reproduce
-def reproduce(names=None, out_dir=None, data_dir=None, quiet: bool = True, report: bool = False) -> list[dict]:
-    """Run seed recipes (default: all `seed-*`); one row per recipe comparing ours with the notebook's."""
-    names = list(names) if names else [n for n in recipe_names() if n.startswith("seed-")]
-    root = Path(out_dir) if out_dir is not None else default_run_dir("reproduce")
-    rows = []
-    for name in names:
-        result = train_recipe(name, None, out_dir=root / Path(name).stem, data_dir=data_dir, quiet=quiet,
-                              report=report)
-        r = result.recipe
-        ours = result.test_accuracy if r.reported_metric == "test_accuracy" else result.val_accuracy
-        ok = r.target is None or round(ours, 4) >= r.target
-        rows.append({"recipe": r.name, "system": r.system, "metric": r.reported_metric, "reported": r.reported,
-                     "reported_note": r.reported_note, "target": r.target, "ours": ours, "ok": ok,
-                     "seconds": result.seconds, "run_dir": str(result.run_dir)})
-        if not quiet:
-            print(f"{r.name}: {100 * ours:.2f} % in {result.seconds:.1f} s", file=sys.stderr)
-    return rows
+# ------------------------------------------------------------------------------------------------ moved
+from digitlab.gradcheck import gradcheck_recipe  # noqa: E402  (re-exports: these used to live here)
+from digitlab.reproduce import reproduce  # noqa: E402
 
-
-# ------------------------------------------------------------------------------------------------ gradcheck
-def gradcheck_recipe(name: str = "mlp", samples: int = 4, seed: int = 0) -> dict:
-    """digitlab.nn.gradcheck.check_model on the recipe's network (its layers, activation, loss) in float64.
-
-    The check runs at a generic point: weights N(0, 1/fan_in), biases N(0, 0.1), random images on the [0, 1]
-    scale. At some recipes' own starting points (zero init, uniform_scaled's tiny weights, raw 0..255
-    pixels) the gradients are so small or so badly scaled that central differences drown in rounding,
-    which would say nothing about the backward pass this checks.
-    """
-    from digitlab.nn.gradcheck import check_model
-
-    if samples < 1:
-        raise ConfigError(f"gradcheck needs at least one sample, got {samples}")
-    recipe = dataclasses.replace(load_recipe(name), dtype="float64", seed=seed)
-    rngs = _rngs(seed)
-    rng = rngs["split"]
-    model = build_model(recipe, 10, [str(d) for d in range(10)], rngs)
-    for p in model.net.parameters():
-        scale = 1.0 / math.sqrt(p.shape[0]) if p.ndim == 2 else 0.1
-        p[...] = rng.standard_normal(p.shape) * scale
-    x = normalize(rng.integers(0, 256, size=(samples, 784), dtype=np.uint8), "unit", np.float64)  # (S, 784)
-    y = rng.integers(0, 10, size=samples)  # (S,)
-    error = check_model(model.net, model.loss, x, y, rng=rng)
-    n_params = int(sum(p.size for p in model.net.parameters()))
-    return {"recipe": recipe.name, "max_relative_error": error, "parameters": n_params, "samples": samples}
+__all__ = ["CHECKPOINT", "MODEL", "Plan", "RunData", "RunResult", "TrainState", "TrainingInterrupted",
+           "build_model", "build_optimizer", "evaluate", "evaluate_file", "fit", "gradcheck_recipe",
+           "load_checkpoint", "prepare_data", "reproduce", "save_checkpoint", "train_recipe", "train_step"]

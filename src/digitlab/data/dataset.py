@@ -3,10 +3,10 @@
     from digitlab.data.dataset import load, load_dataset, normalize, train_val_split, batches
     images, labels = load("mnist", split="train")          # uint8 (60000, 28, 28), uint8 (60000,)
     ds = load_dataset("fashion-mnist")                     # ds.train.images, ds.test.labels, ds.class_names
-    x = normalize(images, "unit")                          # float32 (N, 784) in [0, 1]
+    x = normalize(images, "unit")                          # float32 (N, 28, 28) in [0, 1]
     tr, va = train_val_split(labels, val_size=5000, seed=0, stratify=True)
     rng = np.random.default_rng(0)
-    for xb, yb in batches(images[tr], labels[tr], 64, rng=rng):   # float32 (64, 784), int64 (64,)
+    for xb, yb in batches(images[tr], labels[tr], 64, rng=rng):   # float32 (64, 28, 28), int64 (64,)
         ...
 
 Where the files come from is `digitlab.data.sources`; this module never reads environment variables itself
@@ -44,7 +44,7 @@ __all__ = [
 
 MNIST_MEAN = 0.1307  # on the [0, 1] scale (pytorch/examples)
 MNIST_STD = 0.3081
-SCHEMES = ("unit", "raw", "standard")
+SCHEMES = ("unit", "raw", "standard", "none")  # "none": tabular features used as given (digitlab.sklearn)
 SPLITS = ("train", "test", "all")
 
 
@@ -128,6 +128,8 @@ def _scale_into(x: np.ndarray, scheme: str, dtype, from_unit: bool) -> np.ndarra
     if scheme not in SCHEMES:
         raise ConfigError(f"unknown normalization scheme {scheme!r} (choose from {', '.join(SCHEMES)})")
     out = x.astype(dtype)  # the one new array; everything below is in place
+    if scheme == "none":
+        return out
     if scheme == "raw":
         if from_unit:
             out *= dtype.type(255)
@@ -145,7 +147,7 @@ def affine(scheme: str) -> tuple[float, float]:
     lets inference fold the normalisation into a model's first Linear layer."""
     if scheme not in SCHEMES:
         raise ConfigError(f"unknown normalization scheme {scheme!r} (choose from {', '.join(SCHEMES)})")
-    if scheme == "raw":
+    if scheme in ("raw", "none"):
         return 1.0, 0.0
     if scheme == "unit":
         return 1.0 / 255, 0.0
@@ -164,25 +166,25 @@ def _check_unit(x: np.ndarray) -> None:
 
 
 def normalize(images, scheme: str = "unit", dtype=np.float32) -> np.ndarray:
-    """uint8 [N,28,28] / [N,784] (0..255) or float on [0, 1] -> float [N, 784] in `scheme`.
+    """uint8 (0..255) or float on [0, 1] images of any shape [N, ...] -> float of the same shape in `scheme`.
 
     Schemes: "unit" (x/255), "raw" (0..255 as floats), "standard" ((x/255 - 0.1307) / 0.3081).
     THE one place normalisation lives; models record their scheme.
     """
     x = np.asarray(images)
-    if x.ndim == 2 and x.shape[1] == 784:
-        flat = x
-    elif x.ndim == 3 and x.shape[1:] == (28, 28):
-        flat = x.reshape(len(x), 784)  # (N, 28, 28) -> (N, 784), a view when contiguous
-    else:
-        raise DataError(f"images must be [N, 28, 28] or [N, 784], got shape {x.shape}")
+    if x.ndim < 2:
+        raise DataError(f"images must be a batch [N, ...] (e.g. [N, 28, 28]), got shape {x.shape}")
+    if scheme == "none" and x.dtype.kind in "fiu":  # tabular features: any shape, values as given
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            raise DataError("features must be finite numbers (found NaN or infinity)")
+        return _scale_into(x, scheme, dtype, from_unit=False)
     if np.dtype(dtype).kind != "f":
         raise ConfigError(f"normalize: dtype must be a float type, got {np.dtype(dtype)}")
     if x.dtype == np.uint8:
-        return _scale_into(flat, scheme, dtype, from_unit=False)
+        return _scale_into(x, scheme, dtype, from_unit=False)
     if x.dtype.kind == "f":
-        _check_unit(flat)
-        return _scale_into(flat, scheme, dtype, from_unit=True)
+        _check_unit(x)
+        return _scale_into(x, scheme, dtype, from_unit=True)
     raise DataError(f"images must be uint8 (0..255) or float on [0, 1], got dtype {x.dtype}")
 
 
@@ -292,12 +294,12 @@ def batches(
     scale: float = 0.0,
     translate: float = 0.0,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (x float [B, 784] in `scheme`, y int64 [B]) mini-batches.
+    """Yield (x float [B, *image shape] in `scheme`, y int64 [B]) mini-batches (images keep their shape).
 
     order: "shuffle" (a fresh permutation each epoch), "sequential" (slices in order), or "replacement"
     (B indices drawn with replacement per step; needs `steps`). `steps=None` is one epoch; a number gives
-    exactly that many batches, starting new epochs as needed. Never copies the whole data set: images are
-    flattened once as a view and each batch is one `np.take` plus one scaling into float.
+    exactly that many batches, starting new epochs as needed. Never copies the whole data set: each batch
+    is one `np.take` plus one scaling into float.
     shift > 0: data augmentation, each image of a batch moved by its own random offset of up to `shift`
     pixels in each direction (see `random_shift`), drawn from `rng` after the batch's indices.
     rotate / scale / translate > 0: random affine augmentation (`digitlab.augment.random_affine`), each image
@@ -307,10 +309,7 @@ def batches(
     """
     x = np.asarray(images)
     n = len(x)
-    side = math.isqrt(x[0].size) if n else 0
-    if x.ndim == 3:
-        side = x.shape[1] if x.shape[1] == x.shape[2] else 0
-        x = x.reshape(n, -1)  # (N, 28, 28) -> (N, 784), a view when contiguous
+    side = x.shape[1] if x.ndim == 3 and x.shape[1] == x.shape[2] else 0
     y = np.asarray(labels)
     if len(y) != n:
         raise DataError(f"batches: {n} images but {len(y)} labels")
@@ -328,7 +327,7 @@ def batches(
         raise ConfigError(f"shift must be a non-negative integer number of pixels, got {shift!r}")
     check_limits(rotate, scale, translate)
     warping = bool(rotate or scale or translate)
-    if (shift or warping) and side * side != x.shape[1]:
+    if (shift or warping) and not side:
         what = f"shift={shift}" if shift else "affine augmentation"
         raise ConfigError(f"{what} needs square images, got images of shape {tuple(np.shape(images)[1:])}")
     if shift and shift >= side:
@@ -341,24 +340,23 @@ def batches(
             rng = np.random.default_rng(rng)
     y64 = y.astype(np.int64, copy=False)  # (N,) labels once, ~8 bytes per sample
     from_unit = x.dtype.kind == "f"
-    if from_unit:
+    if from_unit and scheme != "none":
         _check_unit(x)  # once, not per batch
     _scale_into(x[:1], scheme, dtype, from_unit)  # validates the scheme before the loop
 
     pads: dict = {}  # batch size -> zero-bordered scratch for random_shift
 
-    def scaled(xb):  # (B, 784) pixels -> (B, 784) float in `scheme`, moved first when augmenting
+    def scaled(xb):  # (B, H, W) pixels -> (B, H, W) float in `scheme`, moved first when augmenting
         if shift:
             pad = pads.get(len(xb))
             if pad is None:
                 pad = pads[len(xb)] = np.zeros((len(xb), side + 2 * shift, side + 2 * shift), x.dtype)
-            xb = random_shift(xb.reshape(len(xb), side, side), shift, rng, pad).reshape(len(xb), -1)
+            xb = random_shift(xb, shift, rng, pad)
         if warping:  # (B, side, side) float pixels on the input's scale, background 0
-            xb = random_affine(xb.reshape(len(xb), side, side), rng, rotate=rotate, scale=scale,
-                               translate=translate).reshape(len(xb), -1)
+            xb = random_affine(xb, rng, rotate=rotate, scale=scale, translate=translate)
         return _scale_into(xb, scheme, dtype, from_unit)
 
-    def one(idx):  # (B,) indices -> (B, 784) float, (B,) int64
+    def one(idx):  # (B,) indices -> (B, H, W) float, (B,) int64
         return scaled(np.take(x, idx, axis=0)), np.take(y64, idx)
 
     bs = int(batch_size)

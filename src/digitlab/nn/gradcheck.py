@@ -95,7 +95,7 @@ def check_model(net: Sequential, loss, x, y, rng=None, eps: float = 1e-6, max_en
     loss = get_loss(loss) if isinstance(loss, str) else loss
     net64 = net.astype(np.float64)
     _hold_masks(net64.layers)
-    x = np.array(x, dtype=np.float64).reshape(len(x), -1)
+    x = np.array(x, dtype=np.float64)                    # (N, *net.input_shape)
     y = np.asarray(y, dtype=np.int64)
     _, dscores = loss(net64.forward(x, train=True).copy(), y)
     dx = np.array(net64.backward(dscores, input_grad=True))

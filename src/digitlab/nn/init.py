@@ -7,7 +7,8 @@
     W = initialize({"name": "normal", "std": 0.01}, (784, 10), rng, dtype=np.float64)
     W = initialize("normal(0.01)", (784, 10), rng)               # same thing as a string ("normal:0.01" too)
 
-Weights are shaped (fan_in, fan_out). Names:
+Weights are shaped (fan_in, fan_out), or (k, k, C, F) for convolution kernels, where (like Keras)
+fan_in = k*k*C and fan_out = k*k*F. Names:
   zeros            all zeros (no randomness, `rng` may be None)
   normal(std)      N(0, std^2), std defaults to 0.01
   he_normal        N(0, 2/fan_in)
@@ -28,29 +29,29 @@ import numpy as np
 from digitlab.errors import ConfigError
 
 
-def _zeros(shape, rng):
+def _zeros(shape, fans, rng):
     return np.zeros(shape)
 
 
-def _normal(shape, rng, std=0.01):
+def _normal(shape, fans, rng, std=0.01):
     return rng.standard_normal(shape) * float(std)
 
 
-def _he_normal(shape, rng):
-    return rng.standard_normal(shape) * math.sqrt(2.0 / shape[0])
+def _he_normal(shape, fans, rng):
+    return rng.standard_normal(shape) * math.sqrt(2.0 / fans[0])
 
 
-def _glorot_normal(shape, rng):
-    return rng.standard_normal(shape) * math.sqrt(2.0 / (shape[0] + shape[1]))
+def _glorot_normal(shape, fans, rng):
+    return rng.standard_normal(shape) * math.sqrt(2.0 / (fans[0] + fans[1]))
 
 
-def _glorot_uniform(shape, rng):
-    limit = math.sqrt(6.0 / (shape[0] + shape[1]))
+def _glorot_uniform(shape, fans, rng):
+    limit = math.sqrt(6.0 / (fans[0] + fans[1]))
     return rng.uniform(-limit, limit, size=shape)
 
 
-def _uniform_scaled(shape, rng):
-    return rng.uniform(-1.0, 1.0, size=shape) / math.sqrt(shape[0] * shape[1])
+def _uniform_scaled(shape, fans, rng):
+    return rng.uniform(-1.0, 1.0, size=shape) / math.sqrt(fans[0] * fans[1])
 
 
 INITIALIZERS = {
@@ -89,12 +90,15 @@ def _number(text, spec) -> float:
 
 
 def initialize(spec, shape, rng: np.random.Generator | None, dtype=np.float32) -> np.ndarray:
-    """A new (fan_in, fan_out) array drawn by the named initializer from `rng`, cast to `dtype`."""
+    """A new (fan_in, fan_out) or (k, k, C, F) array drawn by the named initializer from `rng`, cast to
+    `dtype` ("zeros" takes any shape)."""
     name, kwargs = parse_init(spec)
-    if name != "zeros" and not isinstance(rng, np.random.Generator):
-        raise ConfigError(f"initializer {name!r} needs an explicit numpy.random.Generator (got {rng!r})")
-    if len(shape) != 2:
-        raise ConfigError(f"initializer {name!r}: expected a 2-D (fan_in, fan_out) shape, got {shape}")
     if name == "zeros":
         return np.zeros(shape, dtype=dtype)
-    return np.ascontiguousarray(INITIALIZERS[name](tuple(shape), rng, **kwargs), dtype=dtype)
+    if not isinstance(rng, np.random.Generator):
+        raise ConfigError(f"initializer {name!r} needs an explicit numpy.random.Generator (got {rng!r})")
+    if len(shape) not in (2, 4):
+        raise ConfigError(f"initializer {name!r}: expected a (fan_in, fan_out) or (k, k, C, F) shape, got {shape}")
+    field = math.prod(shape[:-2])                                  # k*k for kernels, 1 for matrices
+    fans = (shape[-2] * field, shape[-1] * field)
+    return np.ascontiguousarray(INITIALIZERS[name](tuple(shape), fans, rng, **kwargs), dtype=dtype)

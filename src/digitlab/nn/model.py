@@ -3,18 +3,22 @@
     import numpy as np
     from digitlab.nn.model import Classifier, build_mlp, load
     net = build_mlp(784, [300], 10, activation="relu", init="he_normal", rng=np.random.default_rng(0))
-    model = Classifier(net, "softmax_ce", normalization="unit")
+    model = Classifier(net, "softmax_ce", normalization="unit", input_shape=[28, 28])
+    net = Sequential.from_spec([{"type": "Conv2D", "filters": 8, "kernel": 3}, {"type": "ReLU"},
+                                {"type": "Flatten"}, {"type": "Linear", "out": 10}], input_shape=(28, 28), rng=rng)
     model.predict_proba(images)        # uint8 [N,28,28]/[N,784] 0..255, or float [N,784]/[N,28,28] in [0,1]
     model.predict(images)              # int64 [N]
     model.save("runs/x/model.safetensors", recipe="mlp", seed=0)
     model = load("runs/x/model.safetensors")     # ModelFileError naming the file for any bad file
 
-File format (format 1): a safetensors file whose tensors are the weights "{i}.{name}" of layer i ("0.W",
-"0.b", "2.W", ...) and whose metadata holds one key, "digitlab", a JSON header with format,
-digitlab_version, architecture (Sequential.spec()), loss, normalization, class_names, input_shape, dtype and
-whatever the trainer adds (recipe, dataset, dataset_checksums, seed, metrics, ...). Loading rebuilds the
-network from the header alone and never executes code. Extra tensors (e.g. optimizer state in a
-checkpoint) can ride along via `save(..., extra_tensors=...)` and come back from `read_model_file`.
+File format (format 1): a safetensors file whose tensors are the weights and buffers "{i}.{name}" of layer i
+("1.W", "1.b", "3.running_mean", ...) and whose metadata holds one key, "digitlab", a JSON header with format,
+digitlab_version, architecture (Sequential.spec()), loss, normalization, class_names, input_shape (one image,
+e.g. [28, 28]), dtype and whatever the trainer adds (recipe, dataset, dataset_checksums, seed, metrics, ...).
+Loading rebuilds the network from the header alone and never executes code. Files written before Flatten
+existed start with a Linear layer taking 784 values: such a network takes flattened images (the Classifier
+reshapes for it). Extra tensors (e.g. optimizer state in a checkpoint) can ride along via
+`save(..., extra_tensors=...)` and come back from `read_model_file`.
 """
 
 from __future__ import annotations
@@ -28,12 +32,12 @@ import numpy as np
 
 from digitlab.errors import ConfigError, DataError, ModelFileError
 from digitlab.nn.backend import array_module
-from digitlab.nn.layers import ACTIVATIONS, Dropout, Linear, Sequential
+from digitlab.nn.layers import ACTIVATIONS, Dropout, Flatten, Linear, Sequential, param_shapes
 from digitlab.nn.losses import get_loss
 
 FORMAT_VERSION = 1
 HEADER_KEY = "digitlab"
-NORMALIZATIONS = ("unit", "raw", "standard")
+NORMALIZATIONS = ("unit", "raw", "standard", "none")  # "none": tabular features as given (digitlab.sklearn)
 
 
 def _digitlab_version() -> str:
@@ -47,9 +51,11 @@ def _default_input_shape(input_dim: int) -> list[int]:
     return [side, side] if side * side == input_dim else [input_dim]
 
 
-def _input_shape(shape, input_dim: int) -> list[int]:
+def _input_shape(shape, net: Sequential) -> list[int]:
+    """The shape of one image: `shape`, or the network's own input shape (a flat one read as a square)."""
+    input_dim = net.input_dim
     if shape is None:
-        return _default_input_shape(input_dim)
+        return list(net.input_shape) if len(net.input_shape) > 1 else _default_input_shape(input_dim)
     ok = isinstance(shape, (list, tuple)) and all(isinstance(d, int) and d > 0 for d in shape)
     if not ok or math.prod(shape) != input_dim:
         raise ConfigError(f"input_shape {shape!r} does not describe {input_dim} input values")
@@ -72,7 +78,7 @@ class Classifier:
         self.class_names = [str(c) for c in (class_names if class_names is not None else range(n_out or 0))]
         if n_out is not None and len(self.class_names) != n_out:
             raise ConfigError(f"{len(self.class_names)} class_names for a network with {n_out} outputs")
-        self.input_shape = _input_shape(input_shape, net.input_dim or 0)
+        self.input_shape = _input_shape(input_shape, net)
         self.metadata = dict(metadata or {})
 
     @property
@@ -81,7 +87,7 @@ class Classifier:
 
     # -- inference ------------------------------------------------------------------------------------
     def _as_batch(self, images) -> np.ndarray:
-        """Any accepted form -> (N, input_dim) raw pixels (a view where possible); DataError otherwise."""
+        """Any accepted form -> (N, *net.input_shape) raw pixels (a view where possible); DataError otherwise."""
         x = np.asarray(images)
         dim = self.net.input_dim
         if list(x.shape) == self.input_shape or (x.ndim == 1 and x.size == dim):
@@ -91,10 +97,10 @@ class Classifier:
                             f"{'x'.join(map(str, self.input_shape))} = {dim} values per image)")
         if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
             raise DataError(f"images must be uint8 0..255 or floats in [0, 1], got dtype {x.dtype}")
-        return x.reshape(x.shape[0], dim)                            # (N, 28, 28) -> (N, 784)
+        return x.reshape(x.shape[0], *self.net.input_shape)         # e.g. (N, 784) -> (N, 28, 28) or back
 
     def prepare(self, images) -> np.ndarray:
-        """Images in any accepted form -> normalised (N, input_dim) array of the network's dtype.
+        """Images in any accepted form -> normalised (N, *net.input_shape) array of the network's dtype.
 
         uint8 arrays are 0..255 pixels; float arrays are pixels in [0, 1]. DataError for anything else.
         """
@@ -107,13 +113,16 @@ class Classifier:
         memory stays bounded for any N, and each chunk (2048 x 784 float32 = 6 MB) is still in cache when
         the first matrix product reads it (measured 5-15 % faster than 16384).
 
-        uint8 pixels skip the normalisation passes: it is affine, x * scale + offset, so it is folded into
-        the first Linear layer (see `_folded_input_layer`) and each chunk is only converted to float.
+        uint8 pixels skip the normalisation passes when the first parametrised layer is a Linear (after
+        Flatten only): normalisation is affine, x * scale + offset, so it is folded into that layer (see
+        `_folded_input_layer`) and each chunk is only converted to float. Other networks (CNNs: "same"
+        padding pads with normalised zeros, which the fold cannot express) normalise each chunk.
         """
         from digitlab.data.dataset import normalize
 
         x = self._as_batch(images)
         folded = self._folded_input_layer() if x.dtype == np.uint8 else None
+        rest = self.net.layers[self._first_linear() + 1:] if folded is not None else []
         parts = []
         for i in range(0, max(x.shape[0], 1), batch_size):
             if folded is None:
@@ -122,15 +131,26 @@ class Classifier:
                 continue
             W, b = folded
             xp = array_module(W)                                   # the network's array module
-            h = xp.matmul(xp.asarray(x[i:i + batch_size], dtype=W.dtype), W)  # (B, in) @ (in, H) -> (B, H)
+            chunk = x[i:i + batch_size]
+            h = xp.matmul(xp.asarray(chunk.reshape(len(chunk), -1), dtype=W.dtype), W)  # (B, in) @ (in, H)
             h += b
-            for layer in self.net.layers[1:]:
+            for layer in rest:
                 h = layer.forward(h, train=False)
             parts.append(h)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
+    def _first_linear(self) -> int | None:
+        """Index of the first layer if it is a Linear preceded by Flatten layers only, else None."""
+        for i, layer in enumerate(self.net.layers):
+            if isinstance(layer, Linear):
+                return i
+            if not isinstance(layer, Flatten):
+                return None
+        return None
+
     def _folded_input_layer(self):
-        """(W', b') with normalize(x) @ W + b == x @ W' + b' for raw pixels x, or None if layer 0 is not Linear.
+        """(W', b') with normalize(x) @ W + b == x @ W' + b' for raw pixels x (flattened), or None unless the
+        first parametrised layer is a Linear with only Flatten before it.
 
         normalize(x) = x * s + o, so W' = s W and b' = b + o * (column sums of W); the sums are taken in
         float64. Recomputed per call (one pass over W, ~0.1 ms), so it always matches the current weights.
@@ -138,9 +158,10 @@ class Classifier:
         """
         from digitlab.data.dataset import affine
 
-        first = self.net.layers[0] if self.net.layers else None
-        if not isinstance(first, Linear):
+        k = self._first_linear()
+        if k is None:
             return None
+        first = self.net.layers[k]
         scale, offset = affine(self.normalization)
         W = first.W * first.W.dtype.type(scale)                                     # (in, H)
         b = offset * first.W.sum(axis=0, dtype=np.float64)                          # (H,)
@@ -192,6 +213,13 @@ class Classifier:
 
     def __repr__(self) -> str:
         return f"Classifier({self.net!r}, loss={self.loss.name!r}, normalization={self.normalization!r})"
+
+    # -- export ---------------------------------------------------------------------------------------
+    def to_onnx(self, path) -> Path:
+        """Write this model as ONNX (uint8 images in, probabilities out); see digitlab.export_onnx."""
+        from digitlab.export_onnx import export_onnx
+
+        return export_onnx(self, path)
 
 
 # -- loading ------------------------------------------------------------------------------------------
@@ -283,19 +311,15 @@ def _parse_header(path: Path, meta: dict) -> dict:
     return head
 
 
-def _check_linear_shapes(spec, tensors: dict) -> None:
-    """Each Linear entry's (in, out) must match the stored "{i}.W" (ValueError otherwise)."""
-    if not isinstance(spec, list):
-        return                                       # from_spec reports it
-    for i, entry in enumerate(spec):
-        if isinstance(entry, dict) and entry.get("type") == "Linear":
-            stored = tensors.get(f"{i}.W")
-            if stored is None:
-                raise ValueError(f"weights '{i}.W' are missing")
-            expected = (entry.get("in"), entry.get("out"))
-            if tuple(stored.shape) != expected:
-                raise ValueError(f"weights '{i}.W' have shape {tuple(stored.shape)}, but the architecture says "
-                                 f"{expected}")
+def _check_shapes(spec, input_shape, tensors: dict) -> None:
+    """Every parametrised layer's stored weights (and buffers) must have the shapes the architecture gives
+    for `input_shape` (ValueError/ConfigError otherwise), checked before any weights are allocated."""
+    for name, shape in param_shapes(spec, input_shape).items():
+        stored = tensors.get(name)
+        if stored is None:
+            raise ValueError(f"weights {name!r} are missing")
+        if tuple(stored.shape) != shape:
+            raise ValueError(f"weights {name!r} have shape {tuple(stored.shape)}, but the architecture says {shape}")
 
 
 def read_model_file(path) -> tuple[Classifier, dict, dict]:
@@ -307,14 +331,14 @@ def read_model_file(path) -> tuple[Classifier, dict, dict]:
         dtype = np.dtype(head.get("dtype", "float32"))
         if dtype not in (np.float32, np.float64):
             raise ConfigError(f"unsupported dtype {dtype}")
-        _check_linear_shapes(head["architecture"], tensors)   # before allocating anything the header asks for
-        net = Sequential.from_spec(head["architecture"], dtype=dtype)
+        _check_shapes(head["architecture"], head.get("input_shape"), tensors)   # before allocating anything
+        net = Sequential.from_spec(head["architecture"], input_shape=head.get("input_shape"), dtype=dtype)
         net.load_state_dict(tensors)
         model = Classifier(net, head["loss"], head["normalization"], head.get("class_names"),
                            metadata=head, input_shape=head.get("input_shape"))
     except (ConfigError, ValueError, TypeError, MemoryError) as exc:
         raise ModelFileError(f"cannot load model {path}: {exc}") from None
-    names = set(net.param_names())
+    names = set(net.state_dict())
     stray = sorted(k for k in tensors if k not in names and k.split(".")[0].isdigit())
     if stray:
         raise ModelFileError(f"cannot load model {path}: unexpected weights {', '.join(stray)} "

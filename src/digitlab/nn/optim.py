@@ -40,6 +40,7 @@ class Optimizer:
     hyper: tuple[str, ...] = ()
     slots: tuple[str, ...] = ()          # saved in state_dict as "<slot>.<index>"
     weight_decay = 0.0
+    decay_mask: list | None = None      # parallel to the parameters: False where weight decay does not apply
 
     @property
     def folds_lr(self) -> bool:
@@ -70,7 +71,7 @@ class Optimizer:
         self.t += 1
         lr = float(lr)
         for i, (p, g) in enumerate(zip(params, grads)):
-            if self.weight_decay:                      # L2: g + wd * p, in a work array
+            if self.weight_decay and (self.decay_mask is None or self.decay_mask[i]):   # L2: g + wd * p
                 d = array_module(p).multiply(p, self.weight_decay, out=self._wd[i])
                 d += g
                 g = d

@@ -8,8 +8,21 @@
     (0.1, (300,))
 
 A recipe file holds the fields of `Recipe` (flat keys, see the dataclass for what each one means) plus a
-`[reported]` table with what the original notebook reported (`metric`, `value`, `note`) so that
-`digitlab reproduce` can compare. `load_recipe` also accepts a path to your own `.toml` file.
+`[reported]` table with what the original notebook reported (`metric`, `value`, `note`, `target`, `spread`)
+so that `digitlab reproduce` can compare. The network is either the MLP shorthand (`hidden`, `activation`,
+`dropout`, `init`) or an `architecture` array of tables in the model file's spec format, e.g.
+
+    [[architecture]]
+    type = "Conv2D"
+    filters = 32
+    kernel = 3
+    padding = "same"
+    [[architecture]]
+    type = "Flatten"
+    [[architecture]]
+    type = "Linear"
+    out = 10            # "in" comes from the layer before; "init" may name an initializer per layer
+ `load_recipe` also accepts a path to your own `.toml` file.
 Anything wrong in a file or an override raises `ConfigError` naming the recipe and the field.
 """
 
@@ -63,7 +76,9 @@ class Recipe:
     normalization: str = "unit"  # "unit" x/255, "raw" 0..255, "standard" (x/255 - 0.1307)/0.3081
     dtype: str = "float32"  # or "float64"
     # --- model ---
-    hidden: tuple[int, ...] = (300,)  # hidden layer widths; () = a linear model
+    architecture: tuple[dict, ...] = ()  # layer specs (model-file format); when set, hidden/activation/
+    #                                      dropout/init below are not used
+    hidden: tuple[int, ...] = (300,)  # MLP shorthand: hidden layer widths; () = a linear model
     activation: str = "relu"  # hidden activation
     bias: bool = True  # biases in every Linear layer
     init: tuple[str, ...] = ("he_normal",)  # per Linear layer ("normal:0.01" = N(0, 0.01)); the last entry repeats
@@ -78,7 +93,8 @@ class Recipe:
     optimizer: str = "sgd"  # sgd | momentum | nesterov | adam
     lr: float = 0.1  # peak learning rate
     momentum: float = 0.9  # for momentum / nesterov
-    weight_decay: float = 0.0  # L2 weight decay
+    weight_decay: float = 0.0  # L2 weight decay, on weights only (not biases or BatchNorm parameters)
+    decay_all: bool = False  # true: weight decay on every parameter, biases and BatchNorm's too
     schedule: str = "constant"  # constant | cosine (to 0 at the end) | step (x0.1 after each third) |
     #                             onecycle (PyTorch OneCycleLR: lr/25 up to lr over 30 % of the steps, down to lr/25e4)
     warmup_steps: int = 0  # linear warm-up steps before the schedule
@@ -97,11 +113,14 @@ class Recipe:
     reported: float | None = None  # 0..1, None when the notebook gave no final figure
     reported_note: str = ""
     target: float | None = None  # the figure digitlab's own run must reach (reproduce marks ok / MISSED)
+    spread: tuple[float, ...] = ()  # our measured figure for seeds 0, 1, ...: a seed-dependent figure is judged
+    #                                 against this spread instead of `target`
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Recipe)}
-TUPLE_FIELDS = {"hidden": int, "init": str}
-REPORTED_KEYS = {"metric": "reported_metric", "value": "reported", "note": "reported_note", "target": "target"}
+TUPLE_FIELDS = {"hidden": int, "init": str, "architecture": dict, "spread": float}
+REPORTED_KEYS = {"metric": "reported_metric", "value": "reported", "note": "reported_note", "target": "target",
+                 "spread": "spread"}
 #: fields a user may override (everything but the bookkeeping)
 OVERRIDABLE = tuple(n for n in FIELDS if n not in ("name", "description", "system"))
 
@@ -138,6 +157,8 @@ def make_recipe(values: dict[str, Any], label: str = "recipe") -> Recipe:
     if unknown:
         raise ConfigError(f"{label}: unknown field(s) {', '.join(unknown)}; known: {', '.join(FIELDS)}")
     clean = {k: _coerce(k, v, label) for k, v in values.items()}
+    if clean.get("architecture") and clean.get("hidden", FIELDS["hidden"].default) != FIELDS["hidden"].default:
+        raise ConfigError(f"{label}: give either architecture or the MLP shorthand hidden, not both")
     recipe = Recipe(**clean)
     _validate(recipe, label)
     return recipe
@@ -163,7 +184,7 @@ def _flatten(raw: dict, label: str) -> dict:
     for key, value in reported.items():
         target = REPORTED_KEYS.get(key)
         if target is None:
-            raise ConfigError(f"recipe {label}: unknown key reported.{key} (use metric, value, note, target)")
+            raise ConfigError(f"recipe {label}: unknown key reported.{key} (use {', '.join(REPORTED_KEYS)})")
         values[target] = value
     return values
 
@@ -172,14 +193,16 @@ def _coerce(key: str, value: Any, label: str) -> Any:
     want = FIELDS[key].type
     bad = ConfigError(f"{label}: field {key!r} = {value!r} has the wrong type (expected {want})")
     if key in TUPLE_FIELDS:
-        if isinstance(value, (str, int)):
+        if isinstance(value, (str, int, dict)):
             value = [value]
         if not isinstance(value, (list, tuple)):
             raise bad
         item = TUPLE_FIELDS[key]
+        if item is float:
+            value = [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
         if not all(isinstance(v, item) and not isinstance(v, bool) for v in value):
             raise bad
-        return tuple(value)
+        return tuple(dict(v) for v in value) if item is dict else tuple(value)
     if key in ("reported", "target") and value is None:
         return None
     if want in ("float", "float | None"):
@@ -203,6 +226,7 @@ def _validate(r: Recipe, label: str) -> None:
         (r.lr > 0, "lr must be > 0"),
         (r.epochs >= 1 or r.steps >= 1, "epochs or steps must be >= 1"),
         (r.steps >= 0, "steps must be >= 0"),
+        (r.seed >= 0, f"seed must be >= 0, got {r.seed}"),
         (r.batch_size >= 0, "batch_size must be >= 0 (0 = full batch)"),
         (all(h >= 1 for h in r.hidden), "hidden widths must be >= 1"),
         (0.0 <= r.dropout < 1.0, "dropout must be in [0, 1)"),
@@ -229,6 +253,36 @@ def _validate(r: Recipe, label: str) -> None:
         value = getattr(r, key)
         if value is not None and not 0.0 <= value <= 1.0:
             raise ConfigError(f"{label}: {key} must be a fraction in [0, 1], got {value}")
+    if not all(0.0 <= v <= 1.0 for v in r.spread):
+        raise ConfigError(f"{label}: spread must list fractions in [0, 1], got {list(r.spread)}")
+    if r.architecture:
+        from digitlab.nn.layers import Sequential  # checks every entry's type and fields
+
+        try:
+            Sequential.layers_from_spec(list(r.architecture))
+        except ConfigError as exc:
+            raise ConfigError(f"{label}: architecture {exc}") from None
 
 
-__all__ = ["DEFAULT_RECIPE", "Recipe", "list_recipes", "load_recipe", "make_recipe", "recipe_names"]
+def architecture_of(r: Recipe, n_classes: int = 10) -> list[dict]:
+    """The recipe's network as a spec list: `architecture`, or the MLP shorthand spelled out as
+    Flatten -> (Linear -> activation [-> Dropout]) per hidden width -> Linear(n_classes), one init each."""
+    if r.architecture:
+        return [dict(entry) for entry in r.architecture]
+    widths = [*r.hidden, n_classes]
+    inits = list(r.init[:len(widths)]) + [r.init[-1]] * (len(widths) - len(r.init))
+    spec = [{"type": "Flatten"}]
+    for k, (width, init) in enumerate(zip(widths, inits)):
+        spec.append({"type": "Linear", "out": width, "bias": r.bias, "init": init})
+        if k < len(widths) - 1:
+            spec.append({"type": ACTIVATION_LAYERS[r.activation]})
+            if r.dropout:
+                spec.append({"type": "Dropout", "p": r.dropout})
+    return spec
+
+
+ACTIVATION_LAYERS = {"relu": "ReLU", "leaky_relu": "LeakyReLU", "sigmoid": "Sigmoid", "tanh": "Tanh"}
+
+
+__all__ = ["DEFAULT_RECIPE", "Recipe", "architecture_of", "list_recipes", "load_recipe", "make_recipe",
+           "recipe_names"]
