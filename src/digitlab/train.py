@@ -129,7 +129,7 @@ def build_optimizer(recipe: Recipe, net: Sequential | None = None, total_steps: 
     (unless the recipe sets decay_all). cycle_beta1: Adam's beta1 follows onecycle_beta1 over total_steps."""
     if recipe.optimizer == "adam":
         cycle = onecycle_beta1(total_steps) if recipe.cycle_beta1 else None
-        opt = Adam(weight_decay=recipe.weight_decay, beta1_schedule=cycle)
+        opt = Adam(recipe.beta1, recipe.beta2, weight_decay=recipe.weight_decay, beta1_schedule=cycle)
     else:
         momentum = recipe.momentum if recipe.optimizer in ("momentum", "nesterov") else 0.0
         opt = SGD(momentum=momentum, nesterov=recipe.optimizer == "nesterov", weight_decay=recipe.weight_decay)

@@ -291,13 +291,15 @@ class Conv2D(Layer):
             xp.matmul(_ones(self, len(dy2), dy.dtype, xp), dy2, out=self.db)  # (M,) @ (M, F) -> (F,)
         if not need_dx:
             return None
-        dcols = self._buf("dcols", (n, ho, wo, k, k, c), dy.dtype, xp)
-        xp.matmul(dy2, self.W.reshape(-1, f).T, out=dcols.reshape(n * ho * wo, k * k * c))  # (M, kkC)
+        # dX: one (M, C) block of d cols per kernel offset (one batched GEMM), each added onto its shifted slice
+        wk = self.W.reshape(k * k, c, f).transpose(0, 2, 1)                # (kk, F, C), a view
+        dcols = self._buf("dcols", (k * k, n * ho * wo, c), dy.dtype, xp)
+        xp.matmul(dy2, wk, out=dcols)                                      # (M, F) @ (kk, F, C) -> (kk, M, C)
         dxpad = self._buf("dxpad", (n, hp, wp, c), dy.dtype, xp)
         dxpad.fill(0)
-        for i in range(k):                                                 # col2im: k*k slice-adds
+        for i in range(k):                                                 # col2im: k*k contiguous slice-adds
             for j in range(k):
-                dxpad[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s] += dcols[:, :, :, i, j]
+                dxpad[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s] += dcols[i * k + j].reshape(n, ho, wo, c)
         if (pt, pl, hp, wp) == (0, 0, h, w):
             dx = dxpad
         else:                                                              # (N, H, W, C): drop the padding
@@ -366,6 +368,8 @@ class MaxPool2D(_Pool2D):
     def forward(self, x, train=True):
         xp = array_module(x)
         win = self._windows(x)                                   # (N, Ho, p, Wo, p, C)
+        if self.pool == 2:
+            return self._forward2(win, train, xp)
         y = win.max(axis=(2, 4))                                 # (N, Ho, Wo, C)
         if train:                                                # mask of the first maximum of each window
             mask = self._buf("mask", win.shape, bool, xp)
@@ -377,6 +381,24 @@ class MaxPool2D(_Pool2D):
                     xp.equal(win[:, :, a, :, b], y, out=hit)
                     hit &= free
                     free &= ~hit
+            self._mask = mask
+        return y
+
+    def _forward2(self, win, train, xp):
+        """2 x 2 windows by pairwise maxima (a reduction over two short axes is ~3x slower); the mask marks the
+        first maximum in row-major order: the right column only if strictly larger, the lower row likewise."""
+        left, right = win[:, :, :, :, 0], win[:, :, :, :, 1]    # (N, Ho, 2, Wo, C) each, views
+        rowmax = xp.maximum(left, right)                         # (N, Ho, 2, Wo, C): max of each window row
+        y = self._buf("y", rowmax[:, :, 0].shape, win.dtype, xp, train)
+        xp.maximum(rowmax[:, :, 0], rowmax[:, :, 1], out=y)      # (N, Ho, Wo, C)
+        if train:
+            r = xp.greater(right, left)                          # (N, Ho, 2, Wo, C): row's max is on the right
+            low = xp.greater(rowmax[:, :, 1], rowmax[:, :, 0])   # (N, Ho, Wo, C): window's max is in the low row
+            mask = self._buf("mask", win.shape, bool, xp)        # (N, Ho, 2, Wo, 2, C); a > b is a and not b
+            xp.logical_not(xp.logical_or(r[:, :, 0], low), out=mask[:, :, 0, :, 0])
+            xp.greater(r[:, :, 0], low, out=mask[:, :, 0, :, 1])
+            xp.greater(low, r[:, :, 1], out=mask[:, :, 1, :, 0])
+            xp.logical_and(r[:, :, 1], low, out=mask[:, :, 1, :, 1])
             self._mask = mask
         return y
 
