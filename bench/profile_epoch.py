@@ -48,15 +48,16 @@ def _timed(fn, acc: dict, key: str, clock):
     return wrapper
 
 
-def profile_fit(data_dir, clock) -> dict:
-    """{part: seconds} of one instrumented epoch of the real fit() (fresh model), plus "epoch"."""
+def profile_fit(data_dir, clock, recipe_name: str = "seed-004-mlp-relu", steps: int = 0) -> dict:
+    """{part: seconds} of one instrumented epoch (or `steps` steps) of the real fit() (fresh model), plus
+    "epoch"; bench/profile_cnn.py uses it for the CNN recipes."""
     import digitlab.train as train
 
-    recipe = dataclasses.replace(train.load_recipe("seed-004-mlp-relu"), epochs=1)
+    recipe = dataclasses.replace(train.load_recipe(recipe_name), epochs=1, steps=steps)
     data = dataclasses.replace(train.prepare_data(recipe, data_dir), test=None)
     rngs = train._rngs(recipe.seed)
     model = train.build_model(recipe, 10, data.class_names, rngs)
-    optimizer = train.build_optimizer(recipe)
+    optimizer = train.build_optimizer(recipe, model.net, train.Plan.of(recipe, len(data.train.labels)).total)
     acc: dict = defaultdict(float)
     for i, layer in enumerate(model.net.layers):
         name = f"{i}:{type(layer).__name__}"
@@ -76,7 +77,7 @@ def profile_fit(data_dir, clock) -> dict:
             except StopIteration:
                 return
             finally:
-                acc["batches (uint8 -> float)"] += clock() - t0
+                acc["batches (uint8 -> float, augmentation)"] += clock() - t0
             yield item
 
     train.batches = timed_batches

@@ -43,7 +43,8 @@ def _isolated_home(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def trained_mlp(tmp_path_factory, mnist_dir):
-    """The default `mlp` recipe trained in full on full MNIST (≈15–30 s), shared by train/predict/plot/web tests."""
+    """The `mlp` recipe (the default before the CNN) trained in full on full MNIST (≈15–30 s), shared by the
+    train/predict/plot/web tests that need a good MLP."""
     from digitlab.train import train_recipe
 
     out = tmp_path_factory.mktemp("run-mlp")

@@ -1,6 +1,6 @@
 """The CNN recipes (issue 9 §4): what each file sets reaches the optimizer and the initializers.
 
-Their accuracy on full MNIST is asserted in the slow tests (tests/test_cnn_slow.py)."""
+The default `cnn` is asserted >= 99.3 % on full MNIST in the slow tests (tests/test_default_recipe.py)."""
 
 from __future__ import annotations
 

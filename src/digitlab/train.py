@@ -49,7 +49,7 @@ from digitlab.nn.layers import Dropout, Sequential
 from digitlab.nn.losses import get_loss
 from digitlab.nn.model import Classifier
 from digitlab.nn.optim import SGD, Adam, make_schedule, onecycle_beta1
-from digitlab.recipes import Recipe, architecture_of, load_recipe, make_recipe
+from digitlab.recipes import DEFAULT_RECIPE, Recipe, architecture_of, load_recipe, make_recipe
 
 HISTORY_COLUMNS = ("epoch", "step", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
                    "test_loss", "test_accuracy", "seconds")
@@ -409,7 +409,7 @@ def train_recipe(name, overrides: dict | None = None, out_dir=None, data_dir=Non
             raise ConfigError("resume needs the run folder to continue (out_dir)")
         recipe = _read_config(Path(out_dir))
     else:
-        recipe = load_recipe(name or "mlp", overrides)
+        recipe = load_recipe(name or DEFAULT_RECIPE, overrides)
     run_dir = Path(out_dir) if out_dir is not None else default_run_dir(recipe.name)
     if not resume:
         _refuse_to_overwrite(run_dir)  # before loading any data: fail fast, and never lose an earlier run

@@ -1,6 +1,6 @@
 """`digitlab serve`: the draw-a-digit web page and its JSON API on http://127.0.0.1:8000/.
 
-    digitlab serve                              # newest runs/*/model.safetensors, or train the mlp recipe first
+    digitlab serve                              # newest runs/*/model.safetensors, or train the default recipe first
     digitlab serve runs/mlp/model.safetensors --port 8080
     digitlab serve --port 0 --json              # a free port; prints {"url": ..., "model": ...} as JSON
 
@@ -15,8 +15,6 @@ from pathlib import Path
 
 from digitlab.commands._common import add_json_flag, emit
 from digitlab.errors import ConfigError, ModelFileError
-
-DEFAULT_RECIPE = "mlp"
 
 
 def register(subparsers) -> None:
@@ -66,7 +64,8 @@ def newest_model(runs_dir: Path) -> Path | None:
 
 
 def train_default(runs_dir: Path) -> Path:
-    """Train the default recipe into RUNS_DIR/mlp-YYYYmmdd-HHMMSS with progress; returns its model path."""
+    """Train the default recipe into RUNS_DIR/RECIPE-YYYYmmdd-HHMMSS with progress; returns its model path."""
+    from digitlab.recipes import DEFAULT_RECIPE
     from digitlab.train import train_recipe
 
     out_dir = Path(runs_dir) / f"{DEFAULT_RECIPE}-{time.strftime('%Y%m%d-%H%M%S')}"

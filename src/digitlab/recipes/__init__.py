@@ -44,7 +44,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-DEFAULT_RECIPE = "mlp"
+DEFAULT_RECIPE = "cnn"  # what `digitlab train`, `digitlab serve` (with no model) and `make demo` train
 
 CHOICES = {
     "split": ("standard", "pooled-sklearn"),
