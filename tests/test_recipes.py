@@ -13,7 +13,7 @@ SEEDS = ("seed-000-softmax", "seed-001-softmax", "seed-002-mlp-sigmoid-mse", "se
 
 
 def test_recipes_ship_with_descriptions_and_figures():
-    assert recipe_names() == ["cnn", "cnn-fast", "lenet5", "mlp", *SEEDS]
+    assert recipe_names() == ["cnn", "cnn-best", "cnn-fast", "lenet5", "mlp", *SEEDS]
     for recipe in list_recipes():
         assert recipe.description and recipe.system, recipe.name
         assert recipe.reported_metric in ("test_accuracy", "val_accuracy")

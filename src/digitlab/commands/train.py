@@ -53,7 +53,7 @@ def cmd_recipes(args) -> int:
     recipes = list_recipes()
     rows = [
         {"name": r.name, "description": r.description, "system": r.system, "metric": r.reported_metric,
-         "reported": r.reported, "target": r.target}
+         "reported": r.reported, "target": r.target, "default": r.name == DEFAULT_RECIPE}
         for r in recipes
     ]
     width = max(len(r.name) for r in recipes)
