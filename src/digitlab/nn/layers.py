@@ -270,13 +270,17 @@ class Conv2D(Layer):
         sn, sh, sw, sc = x.strides
         patches = xp.lib.stride_tricks.as_strided(                         # (N, Ho, Wo, k, k, C), a view
             x, (n, ho, wo, k, k, c), (sn, s * sh, s * sw, sh, sw, sc), writeable=False)
-        cols = self._buf("cols", (n, ho, wo, k, k, c), x.dtype, xp, train)
-        cols[...] = patches                                                # im2col: the one copy
-        cols = cols.reshape(n * ho * wo, k * k * c)                        # (M, kkC)
-        y = self._buf("y", (n, ho, wo, self.filters), x.dtype, xp, train)
-        xp.matmul(cols, self.W.reshape(-1, self.filters), out=y.reshape(-1, self.filters))  # (M, F)
-        if self.b is not None:
-            y += self.b                                                    # (N, Ho, Wo, F) + (F,)
+        # With a bias, cols gets a column of ones and the kernel matrix a row b, so the GEMM adds the bias
+        # (one pass less over the output) and backward's cols^T @ dY gives db with dW.
+        kkc, nb, f = k * k * c, int(self.b is not None), self.filters
+        cols = self._buf("cols", (n * ho * wo, kkc + nb), x.dtype, xp, train)  # (M, kkC [+ 1])
+        cols[:, :kkc].reshape(n, ho, wo, k, k, c)[...] = patches           # im2col: the one copy (into a view)
+        wb = self.W.reshape(kkc, f)                                        # (kkC, F)
+        if nb:
+            cols[:, kkc] = 1
+            wb = xp.concatenate([wb, self.b[None]])                        # (kkC + 1, F): [W; b]
+        y = self._buf("y", (n, ho, wo, f), x.dtype, xp, train)
+        xp.matmul(cols, wb, out=y.reshape(-1, f))                          # (M, kkC [+ 1]) @ (., F) -> (M, F)
         if train:
             self._cols, self._n = cols, n
         return y
@@ -286,9 +290,12 @@ class Conv2D(Layer):
         h, w, c, ho, wo, pt, pl, hp, wp = self._geometry(self.input_shape)
         n, k, s, f = self._n, self.kernel, self.stride, self.filters
         dy2 = dy.reshape(n * ho * wo, f)                                   # (M, F)
-        xp.matmul(self._cols.T, dy2, out=self.dW.reshape(-1, f))           # (kkC, M) @ (M, F) -> (kkC, F)
-        if self.b is not None:
-            xp.matmul(_ones(self, len(dy2), dy.dtype, xp), dy2, out=self.db)  # (M,) @ (M, F) -> (F,)
+        if self.b is None:
+            xp.matmul(self._cols.T, dy2, out=self.dW.reshape(-1, f))       # (kkC, M) @ (M, F) -> (kkC, F)
+        else:                                                              # [dW; db] in one product
+            dwb = xp.matmul(self._cols.T, dy2, out=self._buf("dwb", (k * k * c + 1, f), dy.dtype, xp))
+            self.dW[...] = dwb[:-1].reshape(self.dW.shape)
+            self.db[...] = dwb[-1]
         if not need_dx:
             return None
         # dX: one (M, C) block of d cols per kernel offset (one batched GEMM), each added onto its shifted slice
