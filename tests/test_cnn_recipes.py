@@ -42,3 +42,15 @@ def test_torch_uniform_is_bounded_by_one_over_sqrt_fan_in():
     assert W.std() == pytest.approx(bound / math.sqrt(3), rel=0.03)  # uniform: std = bound / sqrt(3)
     dense = initialize("torch_uniform", (800, 256), np.random.default_rng(0))
     assert np.abs(dense).max() <= 1 / math.sqrt(800) < np.abs(dense).max() * 1.01
+
+
+def test_cnn_inference_runs_in_chunks_that_keep_the_im2col_matrix_small():
+    from digitlab.nn.model import CHUNK_VALUES
+
+    names = [str(i) for i in range(10)]
+    cnn = build_model(load_recipe("cnn"), 10, names, _rngs(0), (28, 28))
+    chunk = cnn.inference_chunk()
+    assert 64 <= chunk < 2048 and chunk * 10 * 10 * 3 * 3 * 24 <= CHUNK_VALUES  # conv2's cols: 100 x 216 per image
+    assert build_model(load_recipe("mlp"), 10, names, _rngs(0), (28, 28)).inference_chunk() == 2048
+    images = np.random.default_rng(1).integers(0, 256, (2 * chunk + 5, 28, 28), dtype=np.uint8)
+    np.testing.assert_allclose(cnn.scores(images), cnn.scores(images, batch_size=len(images)), rtol=1e-5, atol=1e-5)
