@@ -359,7 +359,7 @@ def plot_activations(model, image, out, max_maps: int = MAX_MAPS, title: str = "
     maps = feature_maps(model, image)
     fig = _figure("activations")
     rows = len(maps) + 1
-    ax = fig.add_axes((0.40, 1 - 0.9 / rows, 0.2, 0.86 / rows - 0.04))
+    ax = fig.add_axes((0.40, 1 - 0.9 / rows, 0.2, 0.9 / rows - 0.1))  # below the title
     ax.imshow(_as_images(np.asarray(image)[None])[0], cmap="gray_r", interpolation="nearest")
     ax.set_title("input", fontsize=10)
     _bare(ax)
