@@ -152,6 +152,46 @@ def canvas_like(digit: np.ndarray, rng: np.random.Generator, style: CanvasStyle 
     return _encode(rgba, "PNG")  # white strokes on a transparent canvas
 
 
+SCRIBBLES = ("dot", "dash", "dots", "zigzag", "hatch", "blob", "tiny")
+
+
+def scribble(rng: np.random.Generator, kind: str, side: int = 280) -> bytes:
+    """PNG bytes of a pad-like 280 x 280 picture (white on black, the page's pen) that is not a digit."""
+    img = Image.new("L", (side, side), 0)
+    d = ImageDraw.Draw(img)
+    pen = int(rng.integers(14, 24))
+    pt = lambda: (float(rng.uniform(20, side - 20)), float(rng.uniform(20, side - 20)))  # noqa: E731
+    if kind == "dot":  # one dot anywhere, a corner included
+        x, y = pt()
+        r = rng.uniform(pen / 2, 3 * pen)
+        d.ellipse((x - r, y - r, x + r, y + r), fill=255)
+    elif kind == "dash":  # a horizontal or slightly tilted stroke
+        x, y = pt()
+        length, tilt = rng.uniform(60, 220), rng.uniform(-0.15, 0.15)
+        d.line([(x - length / 2, y - tilt * length / 2), (x + length / 2, y + tilt * length / 2)], fill=255, width=pen)
+    elif kind == "dots":  # a few dots scattered over the pad
+        for _ in range(int(rng.integers(3, 9))):
+            x, y = pt()
+            d.ellipse((x - pen / 2, y - pen / 2, x + pen / 2, y + pen / 2), fill=255)
+    elif kind == "zigzag":  # a scrawl over the whole pad
+        d.line([pt() for _ in range(int(rng.integers(10, 25)))], fill=255, width=pen, joint="curve")
+    elif kind == "hatch":  # parallel strokes
+        x0, y0 = pt()
+        for k in range(int(rng.integers(3, 7))):
+            off = k * rng.uniform(25, 45)
+            d.line([(20 + off, y0 - 60), (20 + off + rng.uniform(-20, 20), y0 + 60)], fill=255, width=pen)
+    elif kind == "blob":  # a filled shape
+        x, y = pt()
+        rx, ry = rng.uniform(30, 100), rng.uniform(30, 100)
+        d.ellipse((x - rx, y - ry, x + rx, y + ry), fill=255)
+    elif kind == "tiny":  # a short tick
+        x, y = pt()
+        d.line([(x, y), (x + rng.uniform(-12, 12), y + rng.uniform(-12, 12))], fill=255, width=max(3, pen // 3))
+    else:
+        raise ValueError(f"unknown scribble kind {kind!r}")
+    return _encode(img, "PNG")
+
+
 def make_set(images: np.ndarray, labels: np.ndarray, n_photo: int, n_canvas: int, seed: int = 0):
     """[(name, encoded bytes, label, index into images)], photos first; digits drawn without replacement."""
     rng = np.random.default_rng(seed)
@@ -163,6 +203,16 @@ def make_set(images: np.ndarray, labels: np.ndarray, n_photo: int, n_canvas: int
         else:
             out.append((f"canvas-{k:03d}-{int(labels[i])}.png", canvas_like(images[i], rng), int(labels[i]), int(i)))
     return out
+
+
+def train_sample_model(out_dir: Path) -> Path:
+    """A small MLP trained on the bundled mnist-sample (a few seconds, no download, about 90 % right): for
+    tests that need a real model but not a good one (refusals, limits, the page's wiring)."""
+    from digitlab.train import train_recipe
+
+    overrides = {"dataset": "mnist-sample", "epochs": 3, "hidden": [64], "shift": 0}
+    return Path(train_recipe("mlp", overrides=overrides, out_dir=Path(out_dir) / "sample-run", quiet=True,
+                             report=False).model_path)
 
 
 def _main(argv: list[str]) -> int:

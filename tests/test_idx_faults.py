@@ -105,11 +105,13 @@ def test_multibyte_types_come_back_native_and_exact(tmp_path):
 
 
 PEAK_RSS = textwrap.dedent("""
-    import resource, sys
+    import sys
     from digitlab.data.idx import read_idx
     arr = read_idx(sys.argv[1])
     assert arr.shape == (int(sys.argv[2]),) and not arr.any()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # Linux: KiB -> bytes
+    # VmHWM, not getrusage's ru_maxrss: that one survives exec, so a large parent (pytest) would leak into it
+    hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    print(int(hwm.split()[1]) * 1024)  # KiB -> bytes
 """)
 
 

@@ -35,9 +35,9 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("digitlab.sklearn needs scikit-learn >= 1.6: pip install 'digitlab[sklearn]'") from exc
 
-from digitlab.errors import ConfigError
+from digitlab.errors import ConfigError, TrainingError
 from digitlab.nn.init import parse_init
-from digitlab.nn.layers import ACTIVATIONS, Linear, Sequential
+from digitlab.nn.layers import ACTIVATIONS, Sequential
 from digitlab.nn.losses import LOSSES
 from digitlab.nn.model import Classifier, build_linear, build_mlp
 
@@ -61,13 +61,18 @@ def _train_epochs(model: Classifier, trainer, settings: dict, X, y, val, epochs:
 
     if trainer is None:
         recipe = Recipe(name="sklearn", dataset="arrays", normalization="none", **settings)
-        trainer = {"recipe": recipe, "optimizer": train.build_optimizer(recipe), "state": train.TrainState(),
-                   "rngs": train._rngs(recipe.seed)}
+        # weight decay on weights only (scikit-learn's alpha spares the intercepts too); total_steps matters
+        # only for a onecycle beta1 schedule, which these estimators never set
+        trainer = {"recipe": recipe, "optimizer": train.build_optimizer(recipe, model.net),
+                   "state": train.TrainState(), "rngs": train._rngs(recipe.seed)}
     state = trainer["state"]
     recipe = dataclasses.replace(trainer["recipe"], epochs=state.epoch + epochs, batch_size=settings["batch_size"])
     data = train.RunData("arrays", Split(X, y), None if val is None else Split(*val), None, {}, model.class_names)
     done = len(state.history)
-    train.fit(model, trainer["optimizer"], data, recipe, state, trainer["rngs"], quiet=True)
+    try:
+        train.fit(model, trainer["optimizer"], data, recipe, state, trainer["rngs"], quiet=True)
+    except TrainingError as exc:  # a diverged run: scikit-learn's SGDClassifier raises ValueError here too
+        raise ValueError(f"{exc}; scaling the features (e.g. StandardScaler) might help") from None
     return trainer, state.history[done:]
 
 
@@ -262,13 +267,18 @@ class MLPClassifier(_DigitlabClassifier):
 
 
 class CNNClassifier(_DigitlabClassifier):
-    """A network from an `architecture` list in the model-file spec format (Sequential.spec()), for images of
-    `input_shape` given as rows of X (N, prod(input_shape)). The last entry may leave out "out"/"in" sizes the
-    data decides. Needs digitlab's convolution layers for the default architecture."""
+    """A network from an `architecture` list in the model-file spec format (Sequential.spec(), e.g. the
+    `[[architecture]]` tables of a recipe) for images of `input_shape` (H, W) or (H, W, C), given as rows of X
+    (N, prod(input_shape)) in digitlab's channels-last order; one size may be -1, taken from X's width (e.g.
+    (1, -1): each row is a one-pixel-high image). A last Linear entry may leave out "out" (the
+    number of classes). Weights start from each entry's "init" (the layer's default otherwise).
+
+    The default is deliberately small (8 filters, one pooling) so that it trains in seconds on CPU; pass a
+    recipe's architecture (e.g. recipes/cnn.toml) for a stronger network."""
 
     DEFAULT_ARCHITECTURE = (
-        {"type": "Conv2D", "filters": 16, "kernel": 3}, {"type": "ReLU"}, {"type": "MaxPool2D", "size": 2},
-        {"type": "Flatten"}, {"type": "Linear"},
+        {"type": "Conv2D", "filters": 8, "kernel": 3, "padding": "same"}, {"type": "ReLU"},
+        {"type": "MaxPool2D", "pool": 2}, {"type": "Flatten"}, {"type": "Linear"},
     )
 
     def __init__(self, architecture=None, input_shape=(28, 28), loss="softmax_ce", solver="adam",
@@ -277,18 +287,31 @@ class CNNClassifier(_DigitlabClassifier):
                  random_state=None):
         _store_params(self, locals())
 
-    def _build_network(self, n_features, n_classes, rng, dtype):
-        from digitlab.nn.init import initialize
+    def _check_params(self) -> None:
+        super()._check_params()
+        shape = self.input_shape
+        ok = (isinstance(shape, (list, tuple)) and 1 <= len(shape) <= 3 and list(shape).count(-1) <= 1
+              and all(d == -1 or _positive_int(d) for d in shape))
+        if not ok:
+            raise ValueError(f"CNNClassifier: input_shape={shape!r} must be 1 to 3 sizes >= 1, one of them "
+                             f"may be -1 (taken from X's width, as in numpy.reshape)")
+        arch = self.architecture
+        if arch is not None and not (isinstance(arch, (list, tuple)) and arch and all(isinstance(e, dict)
+                                                                                       for e in arch)):
+            raise ValueError(f"CNNClassifier: architecture={arch!r} must be a non-empty list of layer dicts")
 
-        shape = tuple(self.input_shape)
+    def _build_network(self, n_features, n_classes, rng, dtype):
+        shape = list(self.input_shape)
+        known = int(np.prod([d for d in shape if d != -1]))
+        if -1 in shape and n_features % known == 0:
+            shape[shape.index(-1)] = n_features // known
         if int(np.prod(shape)) != n_features:
-            raise ValueError(f"CNNClassifier: input_shape={shape} holds {int(np.prod(shape))} values, "
-                             f"but X has {n_features} features")
+            raise ValueError(f"CNNClassifier: input_shape={tuple(self.input_shape)} does not fit X's "
+                             f"{n_features} features")
         spec = [dict(entry) for entry in (self.architecture or self.DEFAULT_ARCHITECTURE)]
         if spec[-1].get("type") == "Linear":
             spec[-1].setdefault("out", n_classes)
-        net = Sequential.from_spec(spec, rng=rng, dtype=dtype)
-        for layer in net.layers:  # from_spec gives zero weights; the layers draw nothing themselves yet
-            if isinstance(layer, Linear):
-                layer.W[...] = initialize("he_normal", layer.W.shape, rng, dtype)
-        return net
+        try:
+            return Sequential.from_spec(spec, input_shape=shape, rng=rng, dtype=dtype)  # X's rows as images
+        except ConfigError as exc:
+            raise ValueError(f"CNNClassifier: architecture for images of {tuple(shape)}: {exc}") from None

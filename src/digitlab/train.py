@@ -230,7 +230,7 @@ def fit(model: Classifier, optimizer, data: RunData, recipe: Recipe, state: Trai
                         callback(state, model)
                     if ctrl_c["hit"]:
                         raise KeyboardInterrupt
-                _check_divergence(state, len(model.class_names), schedule(state.step - 1), run_dir)
+                _check_divergence(state, len(model.class_names), recipe.lr, run_dir)  # the peak lr
                 row = _epoch_row(model, data, state, schedule(state.step - 1))
                 state.history.append(row)
                 state.next_epoch(rngs["order"])

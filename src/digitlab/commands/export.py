@@ -21,8 +21,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "export",
         help="export a trained model for other runtimes (ONNX)",
-        description="Export a model written by digitlab train to another format (ONNX: uint8 images [N, 28, 28] "
-        "in, float32 probabilities out, normalisation inside the graph).",
+        description="Export a model written by digitlab train, MLP or CNN, to another format (ONNX: uint8 images "
+        "[N, 28, 28] in, float32 probabilities out, normalisation inside the graph).",
     )
     p.add_argument("model", metavar="MODEL", type=Path,
                    help="a model file written by digitlab train (model.safetensors)")

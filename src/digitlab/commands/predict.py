@@ -9,7 +9,9 @@ IMAGE may be a file, a folder (the images inside it, sorted by name), a glob pat
 shells that do not) or `-` for one image read from stdin. Each image goes through `digitlab.images`
 (MNIST-style preprocessing) and prints one line: the file, the digit and its probability, and the
 runner-up(s). A file that cannot be used gets one clear error line on stderr (`error` in `--json`), the
-others are still predicted, and the exit status is 1 when any failed. `--show-input DIR` writes the 28x28
+others are still predicted, and the exit status is 1 when any failed. An image whose ink does not look like a
+digit (a dot, a dash, a scatter, a scrawl) or that the model is not sure about gets "no digit" with the reason
+(`digit` null and `reason` in `--json`; see digitlab.images.RejectRules). `--show-input DIR` writes the 28x28
 image the model really got (NAME.png) and a 10x enlargement (NAME-x10.png) for each input.
 """
 
@@ -22,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from digitlab.commands._common import add_json_flag, emit
-from digitlab.errors import ConfigError, ImageError
+from digitlab.errors import ConfigError, DigitlabError, ImageError
+
+MAX_STEM_BYTES = 200  # file names are at most 255 bytes; leaves room for "-x10.png", "-2" and the .tmp name
 
 
 def register(subparsers) -> None:
@@ -58,12 +62,17 @@ def _image_suffixes() -> set[str]:
 
 def expand_inputs(args: list[str], stdin=None) -> list[Item]:
     """Files, folders (their images, sorted), glob patterns (sorted matches) and `-` (stdin bytes)."""
+    from digitlab.images import read_bytes
+
     items: list[Item] = []
     suffixes = None
     for arg in args:
         if arg == "-":
             stream = stdin if stdin is not None else sys.stdin.buffer
-            items.append(Item("-", stream.read()))
+            try:  # capped: `- </dev/zero` must not read forever
+                items.append(Item("-", read_bytes(stream, "<stdin>")))
+            except ImageError as exc:
+                items.append(Item("-", error=str(exc)))
             continue
         path = Path(arg)
         if path.is_dir():
@@ -97,6 +106,7 @@ class _InputWriter:
 
     def name_for(self, file: str) -> str:
         stem = "stdin" if file == "-" else (Path(file).stem or "image")
+        stem = stem.encode("utf-8", "surrogateescape")[:MAX_STEM_BYTES].decode("utf-8", "surrogateescape")
         name, n = stem, 1
         while name in self.used:
             n += 1
@@ -124,7 +134,11 @@ def _line(file: str, result: dict, class_names: list[str]) -> str:
         return str(i) if name == str(i) else f"{i} ({name})"
 
     if result["digit"] is None:
-        return f"{file}: no digit found"
+        reason = result.get("reason")
+        if reason is None or reason == "no ink found":
+            return f"{file}: no digit found"
+        best = result["top"][0][0]
+        return f"{file}: no digit: {reason} (the model's best guess: {label(best)}, {100 * result['top'][0][1]:.1f}%)"
     best, *rest = result["top"]
     text = f"{file}: {label(best[0])} ({100 * best[1]:.1f}%)"
     if rest:
@@ -151,7 +165,7 @@ def cmd_predict(args) -> int:
             except ImageError as exc:
                 record["error"] = str(exc)
             else:
-                record.update(digit=result["digit"], probabilities=result["probabilities"],
+                record.update(digit=result["digit"], reason=result["reason"], probabilities=result["probabilities"],
                               top=[list(t) for t in result["top"]])
                 line = _line(item.file, result, class_names)
                 if writer is not None:
@@ -160,6 +174,8 @@ def cmd_predict(args) -> int:
                         line += f"  (input: {record['input']})"
                     except OSError as exc:
                         record["error"] = f"{item.file}: cannot write its 28x28 input to {writer.folder}: {exc.strerror or exc}"
+                    except DigitlabError as exc:  # that image's problem only; the batch goes on
+                        record["error"] = f"{item.file}: cannot write its 28x28 input: {exc}"
                 if not args.json:
                     print(line, flush=True)
         if record["error"] is not None:

@@ -269,7 +269,7 @@ class Conv2D(Layer):
             x = xpad
         sn, sh, sw, sc = x.strides
         patches = xp.lib.stride_tricks.as_strided(                         # (N, Ho, Wo, k, k, C), a view
-            x, (n, ho, wo, k, k, c), (sn, s * sh, s * sw, sh, sw, sc), writeable=False)
+            x, (n, ho, wo, k, k, c), (sn, s * sh, s * sw, sh, sw, sc))     # only read (CuPy has no writeable=)
         # With a bias, cols gets a column of ones and the kernel matrix a row b, so the GEMM adds the bias
         # (one pass less over the output) and backward's cols^T @ dY gives db with dW.
         kkc, nb, f = k * k * c, int(self.b is not None), self.filters

@@ -1,10 +1,4 @@
-"""Photos and drawings -> 28x28 MNIST-style model input.
-
-    from digitlab.images import load_image, to_mnist, predict_image
-    img = load_image("my-digit.jpg")            # PIL.Image, mode "L" or "RGB"; raises ImageError
-    x, found = to_mnist(img)                    # uint8 [28, 28], 0 = background, 255 = ink
-    result = predict_image(model, "my-digit.jpg", top=3)
-    result["digit"], result["probabilities"], result["input"], result["top"], result["found"]
+"""Photos and drawings -> 28x28 MNIST-style model input (`to_mnist`).
 
 The preprocessing follows the MNIST page: the NIST digits were size-normalised to fit a 20x20 box keeping
 their aspect ratio (anti-aliased, so grey levels appear) and centred in 28x28 by their centre of mass. A
@@ -32,20 +26,14 @@ Everything is NumPy on whole arrays plus Pillow resampling; no per-pixel Python 
 
 from __future__ import annotations
 
-import io
 import math
-import os
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from digitlab.errors import ImageError
+from digitlab.images.decode import array_to_image, normalise_mode
+from digitlab.images.morphology import SQUARE, ink_box, label_regions, morph, pool, shift_max, stroke_width
 
-MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb warning limit (about 9459 x 9459)
-MAX_FILE_BYTES = 256 * 1024 * 1024  # no picture of a digit is bigger; refuse before reading it
 MNIST_CENTER = 14.0  # MNIST digits have their intensity centre of mass at pixel index (14, 14)
 
 
@@ -70,206 +58,14 @@ class PreprocessConfig:
 DEFAULT_CONFIG = PreprocessConfig()
 
 
-# --------------------------------------------------------------------------------------------- decoding
-
-
-def _source_name(src: Any, name: str | None) -> str:
-    if name:
-        return name
-    if isinstance(src, (str, os.PathLike)):
-        return str(src)
-    if isinstance(src, (bytes, bytearray, memoryview)):
-        return "<bytes>"
-    return str(getattr(src, "name", None) or f"<{type(src).__name__}>")
-
-
-def load_image(src: Any, *, name: str | None = None, max_pixels: int = MAX_PIXELS):
-    """Decode `src` (path, bytes, file-like, PIL.Image or NumPy array) into a PIL image of mode "L" or "RGB".
-
-    Takes the first frame of animations, applies the EXIF orientation, maps 16-bit/float/CMYK/palette
-    images to 8-bit grey or RGB and flattens transparency onto white (onto black when the opaque content
-    itself is light, so white strokes on a transparent canvas stay visible). Any problem raises
-    `ImageError` naming the file: "empty file", "not an image", "truncated or corrupt", "too large".
-    """
-    from PIL import Image
-
-    label = _source_name(src, name)
-    if isinstance(src, Image.Image):
-        img = src
-        try:
-            img.load()  # an Image.open() result is lazy: its pixels may still be unread (or broken)
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise ImageError(f"{label}: truncated or corrupt image data ({exc})") from None
-    elif isinstance(src, np.ndarray):
-        img = _array_to_image(src, label)
-    else:
-        img = _open(src, label, max_pixels)
-    w, h = img.size
-    if w * h > max_pixels:
-        raise ImageError(f"{label}: too large: {w}×{h} pixels (limit {max_pixels:,} pixels)")
-    if w == 0 or h == 0:
-        raise ImageError(f"{label}: empty image ({w}×{h} pixels)")
-    return _normalise_mode(_orient(img), label)
-
-
-def _open(src: Any, label: str, max_pixels: int):
-    from PIL import Image, UnidentifiedImageError
-
-    if isinstance(src, (str, os.PathLike)):
-        path = Path(src)
-        try:
-            size = path.stat().st_size
-            if size > MAX_FILE_BYTES and path.is_file():
-                raise ImageError(f"{label}: too large: {size:,} bytes (limit {MAX_FILE_BYTES:,} bytes)")
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise ImageError(f"{label}: no such file") from None
-        except IsADirectoryError:
-            raise ImageError(f"{label}: is a directory, not an image") from None
-        except OSError as exc:
-            raise ImageError(f"{label}: cannot read: {exc.strerror or exc}") from None
-    elif isinstance(src, (bytes, bytearray, memoryview)):
-        data = bytes(src)
-    elif hasattr(src, "read"):
-        data = src.read()
-        if isinstance(data, str):
-            raise ImageError(f"{label}: opened in text mode; images are binary")
-    else:
-        raise ImageError(f"{label}: cannot read an image from a {type(src).__name__}")
-    if len(data) == 0:
-        raise ImageError(f"{label}: empty file (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow's chatter about odd metadata in files it can still read
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            w, h = img.size
-            if w * h > max_pixels:
-                raise ImageError(f"{label}: too large: {w}×{h} pixels (limit {max_pixels:,} pixels)")
-            img.seek(0)  # first frame of a GIF/APNG/multi-page TIFF
-            img.load()
-    except ImageError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageError(f"{label}: not an image (Pillow cannot identify the format)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        size = _claimed_size(data)
-        what = f"{size[0]}×{size[1]} pixels" if size else str(exc)
-        raise ImageError(f"{label}: too large: {what} (limit {max_pixels:,} pixels; possible decompression bomb)") from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, ZeroDivisionError) as exc:
-        raise ImageError(f"{label}: truncated or corrupt image data ({exc})") from None
-    return img
-
-
-def _claimed_size(data: bytes) -> tuple[int, int] | None:
-    """The size a file's header claims, read by the matching Pillow plugin without decoding any pixels.
-
-    `Image.open` refuses a decompression bomb before telling its size; the plugin classes themselves
-    only parse the header, so this gives the "50000×50000" a user can recognise.
-    """
-    from PIL import Image
-
-    Image.init()
-    for fmt in Image.ID:
-        factory, accept = Image.OPEN[fmt]
-        try:
-            if accept is not None and not accept(data[:16]):
-                continue
-            return tuple(factory(io.BytesIO(data), "").size)
-        except Exception:  # not this format after all; try the next plugin
-            continue
-    return None
-
-
-def _array_to_image(arr: np.ndarray, label: str):
-    """uint8/bool/float arrays: (H, W), (784,), (H, W, 3|4); floats in [0, 1] count as 0..255 scaled."""
-    from PIL import Image
-
-    a = np.asarray(arr)
-    if a.ndim == 1 and a.size == 784:
-        a = a.reshape(28, 28)
-    if a.ndim == 3 and a.shape[2] == 1:
-        a = a[:, :, 0]
-    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
-        raise ImageError(f"{label}: an image array must be (H, W), (H, W, 3) or (H, W, 4); got shape {a.shape}")
-    if a.size == 0:
-        raise ImageError(f"{label}: empty image array (shape {a.shape})")
-    if a.dtype == bool:
-        a = a.astype(np.uint8) * 255
-    elif a.dtype != np.uint8:
-        f = a.astype(np.float64)
-        if not np.isfinite(f).all():
-            raise ImageError(f"{label}: image array contains NaN or infinite values")
-        hi = f.max()
-        scale = 255.0 if hi <= 1.0 else (255.0 / 65535.0 if hi > 255.0 else 1.0)
-        a = np.clip(np.rint(f * scale), 0, 255).astype(np.uint8)
-    mode = {2: "L", 3: "RGB", 4: "RGBA"}[a.shape[2] if a.ndim == 3 else 2]
-    return Image.fromarray(np.ascontiguousarray(a), mode=mode)
-
-
-def _orient(img):
-    from PIL import ImageOps
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "Corrupt EXIF data" and the like
-            return ImageOps.exif_transpose(img)
-    except Exception:  # a broken EXIF block must not make a readable picture unusable
-        return img
-
-
-def _normalise_mode(img, label: str):
-    """Any Pillow mode -> "L" or "RGB" (8-bit), transparency flattened."""
-    from PIL import Image
-
-    mode = img.mode
-    if mode in ("L", "RGB"):
-        return img
-    if mode == "1":
-        return img.convert("L")
-    if mode.startswith("I") or mode == "F":  # 16/32-bit integer or float grey
-        a = np.asarray(img, dtype=np.float64)  # (H, W)
-        if a.ndim != 2:
-            a = np.asarray(img.convert("F"), dtype=np.float64)
-        if mode.startswith("I;16"):
-            a = a / 257.0  # 16-bit grey: 65535 is white, whatever the picture's own range
-        return _array_to_image(a if mode == "F" else np.clip(a, 0, 65535), label)
-    has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in img.info)
-    if not has_alpha:
-        return img.convert("L" if mode in ("P",) and _palette_is_grey(img) else "RGB")
-    rgba = np.asarray(img.convert("RGBA"), dtype=np.float32)  # (H, W, 4)
-    alpha = rgba[:, :, 3:] / 255.0  # (H, W, 1)
-    return Image.fromarray(_flatten(rgba[:, :, :3], alpha), mode="RGB")
-
-
-def _palette_is_grey(img) -> bool:
-    pal = img.getpalette() or []
-    rgb = np.asarray(pal, dtype=np.int32).reshape(-1, 3) if len(pal) % 3 == 0 else np.zeros((0, 3))
-    return bool(len(rgb)) and bool((rgb == rgb[:, :1]).all())
-
-
-def _flatten(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Composite (H, W, 3) colour with (H, W, 1) alpha onto white, or onto black if the drawn content is light."""
-    weight = alpha[:, :, 0]
-    total = float(weight.sum())
-    luma = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)  # (H, W, 3) @ (3,) -> (H, W)
-    content = float((luma * weight).sum() / total) if total > 0 else 0.0
-    paper = 0.0 if (total > 0 and content > 128.0 and float(weight.min()) < 1.0) else 255.0
-    out = rgb * alpha + paper * (1.0 - alpha)  # (H, W, 3)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
-# ---------------------------------------------------------------------------------------- preprocessing
-
-
 def to_mnist(img, config: PreprocessConfig = DEFAULT_CONFIG) -> tuple[np.ndarray, bool]:
     """MNIST-style uint8 [28, 28] (0 = background, 255 = ink) from a PIL image, and whether a digit was found.
 
     When no digit is found (blank, flat or near-empty input) the array is all zeros and `found` is False.
     """
     if isinstance(img, np.ndarray):
-        img = _array_to_image(img, "<array>")
-    grey = _normalise_mode(img, "<image>").convert("L")
+        img = array_to_image(img, "<array>")
+    grey = normalise_mode(img, "<image>").convert("L")
     empty = np.zeros((config.size, config.size), dtype=np.uint8)
 
     coarse, scale = _resize_longer(grey, config.coarse_size)  # scale: full-res px per coarse px
@@ -401,44 +197,7 @@ def _local_polarity(coarse) -> float:
     return _polarity(d, 1.4826 * float(np.median(np.abs(d - np.median(d)))) + 1.0)
 
 
-def _shift_max(a: np.ndarray, offsets) -> np.ndarray:
-    """Maximum of `a` over the given (dy, dx) offsets (a flat structuring element); outside counts as 0."""
-    h, w = a.shape
-    r = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
-    p = np.zeros((h + 2 * r, w + 2 * r), dtype=a.dtype)  # (h + 2r, w + 2r)
-    p[r : r + h, r : r + w] = a
-    out = np.full_like(a, np.finfo(a.dtype).min if a.dtype.kind == "f" else np.iinfo(a.dtype).min)
-    for dy, dx in offsets:
-        np.maximum(out, p[r + dy : r + dy + h, r + dx : r + dx + w], out=out)
-    return out
-
-
-_SQUARE = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
 _GRID = 64  # connected components are found on a grid of at most this many cells a side
-
-
-def _pool(a: np.ndarray, f: int) -> np.ndarray:
-    """f x f block maximum (the array is zero-padded up to a multiple of f)."""
-    h, w = a.shape
-    p = np.zeros((-(-h // f) * f, -(-w // f) * f), dtype=a.dtype)
-    p[:h, :w] = a
-    return p.reshape(p.shape[0] // f, f, p.shape[1] // f, f).max(axis=(1, 3))  # (h/f, w/f)
-
-
-def _run_max(labels: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """Every horizontal run of True cells in `grid` takes the largest label found in it (2-D arrays)."""
-    h, w = grid.shape
-    g = np.zeros((h, w + 1), dtype=bool)  # a False column ends each row's last run
-    g[:, :w] = grid
-    lab = np.zeros((h, w + 1), dtype=labels.dtype)
-    lab[:, :w] = labels
-    g, lab = g.ravel(), lab.ravel()
-    starts = g & ~np.concatenate(([False], g[:-1]))
-    run = np.cumsum(starts) * g  # (h * (w + 1),) run number, 0 off the runs
-    best = np.zeros(int(run.max()) + 1, dtype=labels.dtype)
-    np.maximum.at(best, run, lab)
-    best[0] = 0
-    return best[run].reshape(h, w + 1)[:, :w]
 
 
 def _main_components(mask: np.ndarray, ink: np.ndarray, share: float) -> np.ndarray | None:
@@ -450,13 +209,8 @@ def _main_components(mask: np.ndarray, ink: np.ndarray, share: float) -> np.ndar
     """
     h, w = mask.shape
     f = max(1, -(-max(h, w) // _GRID))
-    grid = _shift_max(_pool(mask.astype(np.uint8), f), _SQUARE).astype(bool)  # (gh, gw)
-    labels = np.where(grid, np.arange(1, grid.size + 1, dtype=np.int32).reshape(grid.shape), 0)
-    for _ in range(grid.size):
-        new = _run_max(_run_max(labels, grid).T, grid.T).T  # spread along rows, then along columns
-        if np.array_equal(new, labels):
-            break
-        labels = new
+    grid = shift_max(pool(mask.astype(np.uint8), f), SQUARE).astype(bool)  # (gh, gw)
+    labels = label_regions(grid)
     full = np.repeat(np.repeat(labels, f, axis=0), f, axis=1)[:h, :w]  # (h, w) label of each pixel's cell
     n = int(labels.max()) + 1
     weights = np.where(mask, ink, 0.0).ravel()
@@ -486,7 +240,7 @@ def _frame_like(mask: np.ndarray, labels: np.ndarray, n: int) -> tuple[np.ndarra
     h, w = mask.shape
     lab = np.where(mask, labels, 0)  # (h, w)
     area = np.bincount(lab.ravel(), minlength=n).astype(np.float64)  # (n,)
-    inner = -_shift_max(-mask.astype(np.int8), [(0, 1), (0, -1), (1, 0), (-1, 0), (0, 0)])  # 4-neighbour erosion
+    inner = -shift_max(-mask.astype(np.int8), [(0, 1), (0, -1), (1, 0), (-1, 0), (0, 0)])  # 4-neighbour erosion
     edge = np.bincount(lab[mask & (inner == 0)], minlength=n).astype(np.float64)  # boundary pixels
     width = 2.0 * area / np.maximum(edge, 1.0)  # (n,) mean thickness
     ring = np.concatenate([lab[0], lab[-1], lab[1:-1, 0], lab[1:-1, -1]])
@@ -530,7 +284,7 @@ def _work_crop(grey, background: _Background, sign: float, scale: float, box, ke
         residual *= paper / np.maximum(bg, 0.25 * paper)
 
     # specks outside the kept components: mask with the (grown) component region, mapped to this grid
-    grown = _shift_max(keep.astype(np.uint8), _SQUARE)
+    grown = shift_max(keep.astype(np.uint8), SQUARE)
     gy = np.clip(((ys / scale)).astype(int), 0, keep.shape[0] - 1)
     gx = np.clip(((xs / scale)).astype(int), 0, keep.shape[1] - 1)
     region = grown[np.ix_(gy, gx)].astype(bool)  # (hw, ww)
@@ -548,46 +302,9 @@ def _work_crop(grey, background: _Background, sign: float, scale: float, box, ke
     return np.clip((ink / contrast - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
-def _disc(radius: int):
-    r = int(radius)
-    return [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1) if dy * dy + dx * dx <= r * r + r]
-
-
-def _morph(a: np.ndarray, radius: float, grow: bool) -> np.ndarray:
-    """Grey dilation (grow) or erosion with a disc of fractional radius, blending the two integer radii."""
-    if radius <= 0:
-        return a
-    lo = int(math.floor(radius))
-    frac = radius - lo
-
-    def once(r: int) -> np.ndarray:
-        if r == 0:
-            return a
-        return _shift_max(a, _disc(r)) if grow else -_shift_max(-a, _disc(r))
-
-    out = once(lo)
-    if frac > 1e-3:
-        out = (1.0 - frac) * out + frac * once(lo + 1)
-    return out.astype(np.float32)
-
-
-def _ink_box(a: np.ndarray, level: float = 0.1):
-    ys, xs = np.nonzero(a > level)
-    if ys.size == 0:
-        return None
-    return ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-
-
-def stroke_width(a: np.ndarray) -> float:
-    """Mean stroke width of a soft ink image (float, ink ~1), in pixels: 2 x ink area / boundary length."""
-    gy, gx = np.gradient(a.astype(np.float64))  # (h, w) each
-    perimeter = float(np.hypot(gy, gx).sum())
-    return 2.0 * float(a.sum()) / perimeter if perimeter > 0 else 0.0
-
-
 def _normalise_strokes(a: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     """Grow or thin the strokes so width / longer side falls inside `config.stroke_range`."""
-    box = _ink_box(a)
+    box = ink_box(a)
     if box is None:
         return a
     longer = max(box[1] - box[0], box[3] - box[2])
@@ -601,7 +318,7 @@ def _normalise_strokes(a: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     radius = abs(t * longer - w) / (2.0 * (1.0 - t))
     pad = int(math.ceil(radius)) + 2
     padded = np.pad(a, pad)
-    return _morph(padded, radius, grow=rel < lo)
+    return morph(padded, radius, grow=rel < lo)
 
 
 def _place(a: np.ndarray, config: PreprocessConfig) -> np.ndarray:
@@ -610,7 +327,7 @@ def _place(a: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     centre of mass closest to `config.center`; strokes stretched to reach 255."""
     from PIL import Image
 
-    box = _ink_box(a)
+    box = ink_box(a)
     if box is None:
         return np.zeros((config.size, config.size), dtype=np.uint8)
     y0, y1, x0, x1 = box
@@ -621,40 +338,19 @@ def _place(a: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     src = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
     img = Image.fromarray(padded.astype(np.float32), mode="F")
     small = np.asarray(img.resize((config.box, config.box), Image.Resampling.BOX, box=src), dtype=np.float32)
-    small = np.clip(small, 0.0, None)  # (20, 20)
-    total = float(small.sum())
-    if total <= 0:
+    peak = float(small.max())
+    if peak <= 0:
         return np.zeros((config.size, config.size), dtype=np.uint8)
+    small = np.clip(np.rint(small * (255.0 / peak)), 0, 255).astype(np.uint8)  # (20, 20)
+    # the centre of mass of the pixels actually returned: rounding to uint8 moves it by up to ~0.01 px, enough
+    # to cross the half-pixel boundary when measured on the float image
+    total = float(small.sum())
     idx = np.arange(config.box)
     com_y = float(small.sum(axis=1) @ idx) / total
     com_x = float(small.sum(axis=0) @ idx) / total
     limit = config.size - config.box
     oy = int(np.clip(round(config.center - com_y), 0, limit))
     ox = int(np.clip(round(config.center - com_x), 0, limit))
-    out = np.zeros((config.size, config.size), dtype=np.float32)
+    out = np.zeros((config.size, config.size), dtype=np.uint8)
     out[oy : oy + config.box, ox : ox + config.box] = small  # (20, 20) -> (28, 28)
-    out *= 255.0 / float(out.max())
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
-# ------------------------------------------------------------------------------------------- prediction
-
-
-def predict_image(model, src: Any, top: int = 3, *, name: str | None = None, config: PreprocessConfig = DEFAULT_CONFIG):
-    """Preprocess `src` like MNIST and ask `model` (a Classifier) for its probabilities.
-
-    Returns {"digit": int or None (no digit found), "probabilities": [10 floats], "input": uint8 [28, 28],
-    "top": [(digit, p), ...] (best first), "found": bool}. The probabilities are the model's answer for the
-    28x28 input even when no digit was found; "digit" is None then.
-    """
-    img = load_image(src, name=name)
-    x, found = to_mnist(img, config)
-    proba = np.asarray(model.predict_proba(x[None]), dtype=np.float64)[0]  # (1, 28, 28) -> (C,)
-    order = np.argsort(-proba, kind="stable")[: max(1, int(top))]
-    return {
-        "digit": int(order[0]) if found else None,
-        "probabilities": [float(p) for p in proba],
-        "input": x,
-        "top": [(int(i), float(proba[i])) for i in order],
-        "found": bool(found),
-    }
+    return out
