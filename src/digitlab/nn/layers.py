@@ -200,10 +200,10 @@ class Linear(Layer):
         else:                                            # columns that are 0 in every sample add nothing to y
             k = len(cols)
             # mode="clip": the indices are valid by construction, and "raise" would copy through a buffer
-            x = np.take(x, cols, axis=1, mode="clip",    # (N, k): the live columns
-                        out=self._buf("x_live", (n * n_in,), x.dtype, xp, train)[:n * k].reshape(n, k))
-            W = np.take(self.W, cols, axis=0, mode="clip",  # (k, out): their rows of W
-                        out=self._buf("W_live", (n_in, n_out), self.W.dtype, xp, train)[:k])
+            x = x.take(cols, axis=1, mode="clip",        # (N, k): the live columns
+                       out=self._buf("x_live", (n * n_in,), x.dtype, xp, train)[:n * k].reshape(n, k))
+            W = self.W.take(cols, axis=0, mode="clip",   # (k, out): their rows of W
+                            out=self._buf("W_live", (n_in, n_out), self.W.dtype, xp, train)[:k])
             np.matmul(x, W, out=y)                       # (N, k) @ (k, out) -> (N, out)
         if self.b is not None:
             y += self.b                                  # (N, out) + (out,)
