@@ -138,10 +138,11 @@ def _ones(layer, n, dtype, xp):
 
 
 # Linear skips the input columns that are 0 in every sample of a batch when at least this fraction of them
-# are: their rows of W add nothing to y and get a gradient of exactly 0, so both products shrink by that
-# fraction, for the cost of gathering the live columns of x and rows of W and scattering dW back. Pixels are
-# the case it is for (a batch of 64 MNIST digits leaves ~38 % of the 784 pixels 0 in every image: the
-# border); below about a quarter the gathers cost more than the smaller products save (BENCHMARKS.md).
+# are: their rows of W add nothing to y and get a gradient of exactly 0 (for finite W: the full product would
+# turn 0 * inf into NaN), so both products shrink by that fraction, for the cost of gathering the live columns
+# of x and rows of W and scattering dW back. Pixels are the case it is for (a batch of 64 MNIST digits leaves
+# ~38 % of the 784 pixels 0 in every image: the border); below about a quarter the gathers cost more than the
+# smaller products save (BENCHMARKS.md).
 SPARSE_INPUT_MIN_ZERO = 0.25
 
 
