@@ -63,8 +63,12 @@ def profile_fit(data_dir, clock, recipe_name: str = "seed-004-mlp-relu", steps: 
         name = f"{i}:{type(layer).__name__}"
         layer.forward = _timed(layer.forward, acc, f"{name} forward", clock)
         layer.backward = _timed(layer.backward, acc, f"{name} backward", clock)
-    loss = model.loss
-    model.loss = dataclasses.replace(loss, fn=_timed(loss.fn, acc, "loss", clock))
+    real_get_loss = train.get_loss  # fit() takes its training loss from get_loss
+
+    def timed_get_loss(*args, **kwargs):
+        loss = real_get_loss(*args, **kwargs)
+        return dataclasses.replace(loss, fn=_timed(loss.fn, acc, "loss", clock))
+
     optimizer.step = _timed(optimizer.step, acc, "optimizer step", clock)
     real_batches = train.batches
 
@@ -80,12 +84,12 @@ def profile_fit(data_dir, clock, recipe_name: str = "seed-004-mlp-relu", steps: 
                 acc["batches (uint8 -> float, augmentation)"] += clock() - t0
             yield item
 
-    train.batches = timed_batches
+    train.batches, train.get_loss = timed_batches, timed_get_loss
     t0 = clock()
     try:
         train.fit(model, optimizer, data, recipe, train.TrainState(), rngs, run_dir=None, quiet=True)
     finally:
-        train.batches = real_batches
+        train.batches, train.get_loss = real_batches, real_get_loss
     acc["epoch"] = clock() - t0
     acc["fit loop (rest)"] = acc["epoch"] - sum(v for k, v in acc.items() if k != "epoch")
     return dict(acc)

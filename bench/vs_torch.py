@@ -46,9 +46,9 @@ def torch_worker(data_dir: str, epochs: int, threads: int) -> dict:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
     ds = load_dataset("mnist", data_dir, quiet=True)
-    x = torch.from_numpy(normalize(ds.train.images, "unit", np.float32))  # (60000, 784)
+    x = torch.from_numpy(normalize(ds.train.images, "unit", np.float32).reshape(-1, 784))  # (60000, 784)
     y = torch.from_numpy(ds.train.labels.astype(np.int64))  # (60000,)
-    xt = torch.from_numpy(normalize(ds.test.images, "unit", np.float32))  # (10000, 784)
+    xt = torch.from_numpy(normalize(ds.test.images, "unit", np.float32).reshape(-1, 784))  # (10000, 784)
     yt = torch.from_numpy(ds.test.labels.astype(np.int64))
 
     def network():

@@ -170,9 +170,10 @@ def _epoch_batches(recipe: Recipe, plan: Plan, train: Split, full_x, epoch: int,
 
 
 # ------------------------------------------------------------------------------------------------ fit
-def train_step(model: Classifier, optimizer, x, y, lr: float, loss_fn=None) -> tuple[float, int]:
+def train_step(model: Classifier, optimizer, x, y, lr: float, loss_fn=None, arrays=None) -> tuple[float, int]:
     """One optimizer step on the batch (x, y) at learning rate lr; returns (mean loss, correct predictions).
-    A non-finite loss returns before anything is updated (the caller stops the run)."""
+    A non-finite loss returns before anything is updated (the caller stops the run). `arrays`: the network's
+    (parameters(), grads()) lists, for a caller that makes them once (fit)."""
     net = model.net
     scores = net.forward(x)  # (B, *input_shape) -> (B, C)
     correct = int(np.count_nonzero(scores.argmax(axis=1) == y))
@@ -183,7 +184,8 @@ def train_step(model: Classifier, optimizer, x, y, lr: float, loss_fn=None) -> t
     if fold:
         dscores *= lr  # (B, C)
     net.backward(dscores)
-    optimizer.step(net.parameters(), net.grads(), 1.0 if fold else lr)
+    params, grads = arrays or (net.parameters(), net.grads())
+    optimizer.step(params, grads, 1.0 if fold else lr)
     return loss, correct
 
 
@@ -206,6 +208,7 @@ def fit(model: Classifier, optimizer, data: RunData, recipe: Recipe, state: Trai
                disable=quiet or not sys.stderr.isatty())
     if state.order_rng is None:
         state.order_rng = rngs["order"].bit_generator.state
+    arrays = model.net.parameters(), model.net.grads()   # the same arrays every step
     # A diverging run overflows a step or two before its loss turns non-finite; rather than a flood of
     # RuntimeWarnings, every step's loss is checked and a non-finite one stops training with a TrainingError.
     with _sigint_deferred() as ctrl_c, np.errstate(over="ignore", invalid="ignore"), bar, \
@@ -219,7 +222,7 @@ def fit(model: Classifier, optimizer, data: RunData, recipe: Recipe, state: Trai
                 t0 = time.perf_counter() - state.seconds
                 for x, y in epoch_batches:
                     lr = schedule(state.step)
-                    loss, correct = train_step(model, optimizer, x, y, lr, loss_fn)
+                    loss, correct = train_step(model, optimizer, x, y, lr, loss_fn, arrays)
                     if not math.isfinite(loss):
                         raise _diverged(f"loss became {'NaN' if math.isnan(loss) else 'infinite'} at epoch "
                                         f"{state.epoch + 1} step {state.step + 1}", lr, run_dir)
