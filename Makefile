@@ -23,7 +23,7 @@ DEMO_RUN := runs/demo-$(shell date +%Y%m%d-%H%M%S)
 DL := $(VENV)/bin/digitlab
 
 # The main job: import the full MNIST beside the repo when it is there (else digitlab downloads it, or falls back
-# to its bundled sample and says so), train the default MLP, and read two example pictures with it.
+# to its bundled sample and says so), train the default CNN (recipe `cnn`), and read two example pictures with it.
 demo: $(VENV)/.base
 	@if [ -d ../shared/data/mnist ]; then $(DL) data fetch mnist --data-dir ../shared/data/mnist; fi
 	$(DL) data info mnist

@@ -48,22 +48,27 @@ def _timed(fn, acc: dict, key: str, clock):
     return wrapper
 
 
-def profile_fit(data_dir, clock) -> dict:
-    """{part: seconds} of one instrumented epoch of the real fit() (fresh model), plus "epoch"."""
+def profile_fit(data_dir, clock, recipe_name: str = "seed-004-mlp-relu", steps: int = 0) -> dict:
+    """{part: seconds} of one instrumented epoch (or `steps` steps) of the real fit() (fresh model), plus
+    "epoch"; bench/profile_cnn.py uses it for the CNN recipes."""
     import digitlab.train as train
 
-    recipe = dataclasses.replace(train.load_recipe("seed-004-mlp-relu"), epochs=1)
+    recipe = dataclasses.replace(train.load_recipe(recipe_name), epochs=1, steps=steps)
     data = dataclasses.replace(train.prepare_data(recipe, data_dir), test=None)
     rngs = train._rngs(recipe.seed)
     model = train.build_model(recipe, 10, data.class_names, rngs)
-    optimizer = train.build_optimizer(recipe)
+    optimizer = train.build_optimizer(recipe, model.net, train.Plan.of(recipe, len(data.train.labels)).total)
     acc: dict = defaultdict(float)
     for i, layer in enumerate(model.net.layers):
         name = f"{i}:{type(layer).__name__}"
         layer.forward = _timed(layer.forward, acc, f"{name} forward", clock)
         layer.backward = _timed(layer.backward, acc, f"{name} backward", clock)
-    loss = model.loss
-    model.loss = dataclasses.replace(loss, fn=_timed(loss.fn, acc, "loss", clock))
+    real_get_loss = train.get_loss  # fit() takes its training loss from get_loss
+
+    def timed_get_loss(*args, **kwargs):
+        loss = real_get_loss(*args, **kwargs)
+        return dataclasses.replace(loss, fn=_timed(loss.fn, acc, "loss", clock))
+
     optimizer.step = _timed(optimizer.step, acc, "optimizer step", clock)
     real_batches = train.batches
 
@@ -76,15 +81,15 @@ def profile_fit(data_dir, clock) -> dict:
             except StopIteration:
                 return
             finally:
-                acc["batches (uint8 -> float)"] += clock() - t0
+                acc["batches (uint8 -> float, augmentation)"] += clock() - t0
             yield item
 
-    train.batches = timed_batches
+    train.batches, train.get_loss = timed_batches, timed_get_loss
     t0 = clock()
     try:
         train.fit(model, optimizer, data, recipe, train.TrainState(), rngs, run_dir=None, quiet=True)
     finally:
-        train.batches = real_batches
+        train.batches, train.get_loss = real_batches, real_get_loss
     acc["epoch"] = clock() - t0
     acc["fit loop (rest)"] = acc["epoch"] - sum(v for k, v in acc.items() if k != "epoch")
     return dict(acc)

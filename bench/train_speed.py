@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import resource
 import statistics
@@ -88,14 +89,14 @@ def training_throughput(data_dir, batch_size: int = 512, name: str = "mlp") -> t
     return seconds, mlp_flops_per_sample(widths) * len(data.train.labels) / seconds / 1e9, widths, threads
 
 
-def inference_ms(data_dir, repeats: int) -> tuple[float, float]:
-    """(median, best) milliseconds of predict() on the 10,000 test images with the default MLP."""
+def inference_ms(data_dir, repeats: int, recipe: str = "mlp") -> tuple[float, float]:
+    """(median, best) milliseconds of predict() on the 10,000 test images with a fresh `recipe` model."""
     from digitlab.data import load_dataset
     from digitlab.recipes import load_recipe
     from digitlab.train import _rngs, build_model
 
     images = load_dataset("mnist", data_dir, quiet=True).test.images  # uint8 (10000, 28, 28)
-    model = build_model(load_recipe("mlp"), 10, [str(d) for d in range(10)], _rngs(0))
+    model = build_model(load_recipe(recipe), 10, [str(d) for d in range(10)], _rngs(0))
     model.predict(images)  # warm-up
     times = []
     for _ in range(repeats):
@@ -106,17 +107,22 @@ def inference_ms(data_dir, repeats: int) -> tuple[float, float]:
 
 
 CHILD = """
-import sys, tempfile
+import json, sys, tempfile
 from digitlab.train import train_recipe
 with tempfile.TemporaryDirectory() as out:
-    train_recipe("mlp", {"epochs": 1}, out_dir=out, data_dir=sys.argv[1], quiet=True, report=False)
+    r = train_recipe(sys.argv[2], json.loads(sys.argv[3]), out_dir=out, data_dir=sys.argv[1], quiet=True,
+                     report=False)
+print(json.dumps({"seconds": r.seconds, "epoch_seconds": r.epoch_seconds, "test_accuracy": r.test_accuracy}))
 """
 
 
-def peak_rss_mb(data_dir) -> float:
-    """Max RSS of a child process training the mlp recipe for one epoch (ru_maxrss is in KiB on Linux)."""
-    subprocess.run([sys.executable, "-c", CHILD, str(data_dir)], check=True)
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+def peak_rss_mb(data_dir, recipe: str = "mlp", overrides: dict | None = None) -> tuple[float, dict]:
+    """Max RSS of a child process training `recipe` (default: one epoch of mlp) on full MNIST (ru_maxrss is in
+    KiB on Linux), and the child's {seconds, epoch_seconds, test_accuracy}."""
+    overrides = {"epochs": 1} if overrides is None else overrides
+    done = subprocess.run([sys.executable, "-c", CHILD, str(data_dir), recipe, json.dumps(overrides)],
+                          check=True, capture_output=True, text=True)
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, json.loads(done.stdout.splitlines()[-1])
 
 
 def main(argv=None) -> int:
@@ -145,7 +151,7 @@ def main(argv=None) -> int:
             runs[name].append(training_throughput(args.data_dir, args.batch_size, name))
     peak, peak_threads = max(peaks), blas_threads()
     infer, infer_best = inference_ms(args.data_dir, args.repeats)
-    rss = peak_rss_mb(args.data_dir)
+    rss, _ = peak_rss_mb(args.data_dir)
     print(f"## digitlab training speed\n\n`{Path(sys.executable).name} bench/train_speed.py "
           f"{' '.join(argv or sys.argv[1:])}`, numpy {np.__version__}\n")
     print("| measure | value | target |")

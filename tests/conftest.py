@@ -43,11 +43,39 @@ def _isolated_home(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def trained_mlp(tmp_path_factory, mnist_dir):
-    """The default `mlp` recipe trained in full on full MNIST (≈15–30 s), shared by train/predict/plot/web tests."""
+    """The `mlp` recipe (the default before the CNN) trained in full on full MNIST (≈15–30 s), shared by the
+    train/predict/plot/web tests that need a good MLP."""
     from digitlab.train import train_recipe
 
     out = tmp_path_factory.mktemp("run-mlp")
     return train_recipe("mlp", out_dir=out / "run", data_dir=mnist_dir, quiet=True)
+
+
+@pytest.fixture(scope="session")
+def trained_cnn(tmp_path_factory, mnist_dir):
+    """The default `cnn` recipe trained in full on full MNIST, for tests where the default model matters."""
+    from digitlab.train import train_recipe
+
+    out = tmp_path_factory.mktemp("run-cnn")
+    return train_recipe("cnn", out_dir=out / "run", data_dir=mnist_dir, quiet=True)
+
+
+# The recipe of `sample_cnn`: two small conv layers, ~95 % on the sample's test images in a few seconds.
+SAMPLE_CNN = {"dataset": "mnist-sample", "epochs": 3, "batch_size": 64, "optimizer": "adam", "lr": 0.003,
+              "schedule": "constant", "seed": 0, "shift": 0, "rotate": 0.0, "scale": 0.0, "translate": 0.0,
+              "architecture": [{"type": "Conv2D", "filters": 8, "kernel": 5}, {"type": "MaxPool2D", "pool": 2},
+                               {"type": "ReLU"}, {"type": "Conv2D", "filters": 16, "kernel": 3},
+                               {"type": "MaxPool2D", "pool": 2}, {"type": "ReLU"}, {"type": "Flatten"},
+                               {"type": "Linear", "out": 10}]}
+
+
+@pytest.fixture(scope="session")
+def sample_cnn(tmp_path_factory):
+    """A small CNN run on the bundled mnist-sample (with its report), for tests that need any trained CNN."""
+    from digitlab.train import train_recipe
+
+    out = tmp_path_factory.mktemp("run-sample-cnn")
+    return train_recipe("cnn", overrides=SAMPLE_CNN, out_dir=out / "run", quiet=True)
 
 
 # The recipe of `sample_model`: big enough to recognise most sample digits (~90 % test), small enough for ~2 s.

@@ -99,6 +99,92 @@ def test_linear_forward_is_x_at_w_plus_b():
     np.testing.assert_allclose(layer.forward(x), x @ layer.W + layer.b, rtol=1e-6)
 
 
+def sparse_columns(rng, n, d, live):
+    """(n, d) float64 inputs that are 0 outside the columns `live`, where every value is non-zero."""
+    x = np.zeros((n, d))
+    x[:, live] = away_from_zero(rng, (n, len(live)))
+    return x
+
+
+def dense_reference(layer, x, dy):
+    """y, dW, db, dx of a Linear computed with the plain full products."""
+    return x @ layer.W + layer.b, x.T @ dy, dy.sum(axis=0), dy @ layer.W.T
+
+
+@pytest.mark.parametrize("live", [[], [3], [0, 1, 2, 17, 18, 19], list(range(5, 12))])
+def test_linear_skipping_zero_columns_equals_the_dense_products(live):
+    rng = np.random.default_rng(1)
+    layer = Linear(20, 6, init="glorot_normal", rng=rng, dtype=np.float64)
+    layer.b[:] = rng.standard_normal(6)
+    x = sparse_columns(rng, 9, 20, live)
+    dy = rng.standard_normal((9, 6))
+    y = layer.forward(x).copy()
+    dx = layer.backward(dy)
+    assert layer._cols is not None                       # the sparse path ran (most columns are 0)
+    for got, want in zip((y, layer.dW, layer.db, dx), dense_reference(layer, x, dy)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_one_non_zero_value_keeps_its_column():
+    """A column that is 0 in every sample but one (negative, or NaN) must still be multiplied."""
+    rng = np.random.default_rng(2)
+    layer = Linear(30, 4, init="glorot_normal", rng=rng, dtype=np.float64)
+    for value in (0.7, -0.3, 1e-300):
+        x = sparse_columns(rng, 8, 30, [0, 1])
+        x[5, 22] = value                                  # one pixel, in the 6th sample only
+        dy = rng.standard_normal((8, 4))
+        y = layer.forward(x).copy()
+        layer.backward(dy)
+        want_y, want_dW, _, _ = dense_reference(layer, x, dy)
+        np.testing.assert_allclose(y, want_y, rtol=1e-12)
+        np.testing.assert_allclose(layer.dW, want_dW, rtol=1e-12, atol=1e-300)
+        assert layer.dW[22].any() and not layer.dW[21].any()
+    x[5, 22] = np.nan
+    assert np.isnan(layer.forward(x)[5]).all() and not np.isnan(layer.forward(x)[4]).any()
+
+
+def test_linear_gradients_with_zero_columns_match_central_differences():
+    rng = np.random.default_rng(3)
+    layer = Linear(24, 5, init="glorot_normal", rng=rng, dtype=np.float64)
+    x = sparse_columns(rng, 6, 24, [2, 3, 10, 23])
+    assert check_layer(layer, x, rng=rng) < TOL
+
+
+def test_zero_column_gradient_rows_follow_each_batch():
+    """dW's rows for columns dead in this batch are 0 even where an earlier batch (sparse or dense) wrote them."""
+    rng = np.random.default_rng(4)
+    layer = Linear(40, 3, init="glorot_normal", rng=rng, dtype=np.float64)
+    batches = [[0, 1, 2], [30, 31], list(range(40)), [5, 6, 7, 8], [5, 6], list(range(40)), [39]]
+    for live in batches:
+        x = sparse_columns(rng, 7, 40, live)
+        dy = rng.standard_normal((7, 3))
+        layer.forward(x)
+        layer.backward(dy, need_dx=False)
+        assert (layer._cols is None) == (len(live) == 40)
+        np.testing.assert_allclose(layer.dW, x.T @ dy, rtol=1e-12, atol=1e-15)
+        assert not layer.dW[np.setdiff1d(np.arange(40), live)].any()
+
+
+def test_few_zero_columns_use_the_dense_product():
+    rng = np.random.default_rng(5)
+    layer = Linear(100, 3, rng=rng, dtype=np.float64)
+    for n_zero, sparse in ((10, False), (24, False), (25, True), (60, True)):   # SPARSE_INPUT_MIN_ZERO = 1/4
+        x = sparse_columns(rng, 4, 100, list(range(n_zero, 100)))
+        layer.forward(x)
+        assert (layer._cols is not None) == sparse, n_zero
+
+
+def test_inference_between_sparse_forward_and_backward_changes_nothing():
+    rng = np.random.default_rng(6)
+    layer = Linear(30, 4, rng=rng, dtype=np.float64)
+    x = sparse_columns(rng, 5, 30, [1, 2, 3])
+    dy = rng.standard_normal((5, 4))
+    layer.forward(x)
+    layer.forward(sparse_columns(rng, 11, 30, [20, 21]), train=False)
+    layer.backward(dy)
+    np.testing.assert_allclose(layer.dW, x.T @ dy, rtol=1e-12, atol=1e-15)
+
+
 def test_dropout_scales_kept_units_and_is_identity_in_inference():
     rng = np.random.default_rng(0)
     layer = Dropout(0.25, rng=rng)

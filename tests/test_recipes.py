@@ -13,7 +13,7 @@ SEEDS = ("seed-000-softmax", "seed-001-softmax", "seed-002-mlp-sigmoid-mse", "se
 
 
 def test_recipes_ship_with_descriptions_and_figures():
-    assert recipe_names() == ["cnn", "mlp", *SEEDS]
+    assert recipe_names() == ["cnn", "cnn-best", "cnn-fast", "lenet5", "mlp", *SEEDS]
     for recipe in list_recipes():
         assert recipe.description and recipe.system, recipe.name
         assert recipe.reported_metric in ("test_accuracy", "val_accuracy")
@@ -25,8 +25,8 @@ def test_architecture_tables_and_the_mlp_shorthand(tmp_path):
     from digitlab.recipes import architecture_of
 
     cnn = load_recipe("cnn")
-    assert [e["type"] for e in cnn.architecture][:4] == ["Conv2D", "BatchNorm", "ReLU", "MaxPool2D"]
-    assert cnn.architecture[0] == {"type": "Conv2D", "filters": 32, "kernel": 3, "padding": "same", "bias": False}
+    assert [e["type"] for e in cnn.architecture][:4] == ["Conv2D", "MaxPool2D", "ReLU", "Conv2D"]
+    assert cnn.architecture[0] == {"type": "Conv2D", "init": "torch_uniform", "filters": 24, "kernel": 5}
     assert architecture_of(load_recipe("mlp")) == [
         {"type": "Flatten"}, {"type": "Linear", "out": 144, "bias": True, "init": "he_normal"}, {"type": "ReLU"},
         {"type": "Dropout", "p": 0.2}, {"type": "Linear", "out": 10, "bias": True, "init": "glorot_normal"}]

@@ -13,7 +13,7 @@ import digitlab.train
 from digitlab.cli import main
 from digitlab.train import evaluate
 
-SMALL = ["--dataset", "mnist-sample", "--epochs", "1", "--hidden", "16", "--batch-size", "64", "--quiet"]
+SMALL = ["--recipe", "mlp", "--dataset", "mnist-sample", "--epochs", "1", "--hidden", "16", "--batch-size", "64", "--quiet"]
 
 
 def run_json(capsys, *argv):
@@ -25,11 +25,14 @@ def run_json(capsys, *argv):
 def test_recipes_lists_every_recipe(capsys):
     code, rows = run_json(capsys, "recipes")
     assert code == 0
-    assert [r["name"] for r in rows] == ["cnn", "mlp", "seed-000-softmax", "seed-001-softmax",
-                                         "seed-002-mlp-sigmoid-mse", "seed-003-ovr-logistic", "seed-004-mlp-relu"]
+    assert [r["name"] for r in rows] == ["cnn", "cnn-best", "cnn-fast", "lenet5", "mlp", "seed-000-softmax",
+                                         "seed-001-softmax", "seed-002-mlp-sigmoid-mse", "seed-003-ovr-logistic",
+                                         "seed-004-mlp-relu"]
+    assert [r["name"] for r in rows if r["default"]] == ["cnn"]
     assert main(["recipes"]) == 0
     text = capsys.readouterr().out
     assert "seed-003-ovr-logistic" in text and "one-vs-rest" in text
+    assert [line.split()[0] for line in text.splitlines() if line.endswith("[default]")] == ["cnn"]
 
 
 def test_train_then_evaluate_json(tmp_path, capsys):

@@ -844,6 +844,7 @@ def test_serve_trains_a_model_when_runs_is_empty(sample_model_file, tmp_path, mo
     import digitlab.train
     from digitlab.cli import main
     from digitlab.commands import serve
+    from digitlab.recipes import DEFAULT_RECIPE
 
     runs = tmp_path / "runs"
     runs.mkdir()
@@ -868,12 +869,12 @@ def test_serve_trains_a_model_when_runs_is_empty(sample_model_file, tmp_path, mo
 
     assert main(["serve", "--runs-dir", str(runs), "--port", "0"]) == 0
     out = capsys.readouterr().out
-    assert len(trained) == 1 and trained[0]["name"] == "mlp" and trained[0]["quiet"] is False
+    assert len(trained) == 1 and trained[0]["name"] == DEFAULT_RECIPE == "cnn" and trained[0]["quiet"] is False
     run_dir = trained[0]["out_dir"]
-    assert run_dir.parent == runs and run_dir.name.startswith("mlp-")
+    assert run_dir.parent == runs and run_dir.name.startswith("cnn-")
     model_path = run_dir / "model.safetensors"
     lines = out.splitlines()
-    assert lines[0] == f"digitlab: no model in {runs}/; training the 'mlp' recipe into {run_dir} first"
+    assert lines[0] == f"digitlab: no model in {runs}/; training the 'cnn' recipe into {run_dir} first"
     assert "fake training" in lines[1]  # the training's own progress reaches the terminal
     (model, (host, port)), = served
     assert host == "127.0.0.1" and port > 0

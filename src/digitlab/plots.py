@@ -7,9 +7,11 @@
     plots.plot_mistakes(model, images, labels, "mistakes.png", n=36)  # most confident mistakes
     plots.plot_samples(images, labels, "samples.png", per_class=10)   # a grid of examples per class
     plots.plot_augment(images, "augment.png", rotate=12, scale=0.1, translate=2)  # originals | augmented copies
+    plots.plot_filters(cnn, "filters.png")                            # first convolution layer's kernels
+    plots.plot_activations(cnn, image, "activations.png")             # feature maps of each conv layer
     plots.write_run_report("runs/mlp", model, test_images, test_labels)  # all of the above + report.md
 
-or from the shell: `digitlab plot {curves,weights,confusion,mistakes,samples,augment} ...` (see `digitlab.commands.plot`).
+or from the shell: `digitlab plot {curves,weights,filters,activations,confusion,mistakes,samples,augment} ...` (see `digitlab.commands.plot`).
 
 Every figure has a fixed pixel size (`FIGURE_PIXELS`, at `DPI`), whatever the data, so a figure can be
 checked and laid out without opening it. Figures are `matplotlib.figure.Figure` objects rendered with the
@@ -42,10 +44,13 @@ FIGURE_PIXELS = {
     "mistakes": (1000, 1000),
     "samples": (800, 800),
     "augment": (900, 900),
+    "filters": (800, 620),  # CNN: first-layer kernels
+    "activations": (1000, 1000),  # CNN: feature maps of each conv layer for one input
 }
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
 SIDE = 28  # MNIST images are SIDE x SIDE pixels
 MAX_UNITS = 64
+MAX_MAPS = 32  # feature maps drawn per conv layer
 ROW_GAP = 2  # montage rows between two tiles stacked vertically
 
 
@@ -293,6 +298,84 @@ def _plot_units(W: np.ndarray, total: int, out) -> Plot:
     return _save(fig, "units", out)
 
 
+def conv_layers(model) -> list:
+    """[(index, layer)] of the model's Conv2D layers, in order (empty for an MLP)."""
+    from digitlab.nn.layers import Conv2D
+
+    return [(i, layer) for i, layer in enumerate(getattr(getattr(model, "net", None), "layers", []))
+            if isinstance(layer, Conv2D)]
+
+
+def first_filters(model) -> np.ndarray:
+    """(F, k, k) kernels of the first Conv2D layer (averaged over its input channels when it has several)."""
+    from digitlab.nn.backend import to_numpy
+
+    convs = conv_layers(model)
+    if not convs:
+        raise DigitlabError("this model has no convolution layer (plot weights draws an MLP's first layer)")
+    W = to_numpy(convs[0][1].W).astype(np.float32)  # (k, k, C, F)
+    return W.mean(axis=2).transpose(2, 0, 1)  # (k, k, F) -> (F, k, k)
+
+
+def plot_filters(model, out, max_filters: int = MAX_UNITS) -> Plot:
+    """The first convolution layer's kernels, one tile each, each scaled to its own max |w| and centred on 0."""
+    kernels = first_filters(model)  # (F, k, k)
+    total, k = len(kernels), kernels.shape[1]
+    tiles = kernels[:max_filters]
+    scale = np.abs(tiles).max(axis=(1, 2), keepdims=True)  # (F, 1, 1)
+    tiles = tiles / np.where(scale > 0, scale, 1.0)  # in [-1, 1]
+    ncols = math.ceil(math.sqrt(len(tiles)))
+    fig = _figure("filters")
+    ax = fig.add_axes((0.02, 0.02, 0.96, 0.88))
+    ax.imshow(_montage(tiles, ncols, 1, 0, 0.0), cmap="RdBu_r", vmin=-1.0, vmax=1.0, interpolation="nearest")
+    _bare(ax)
+    channels = conv_layers(model)[0][1].W.shape[2]
+    fig.suptitle(f"first-layer filters: {len(tiles)} of {total}, {k}x{k}"
+                 + (f", mean over {channels} input channels" if channels > 1 else "")
+                 + " (each scaled to its own max |w|; red +, blue -)")
+    return _save(fig, "filters", out)
+
+
+def feature_maps(model, image) -> list[tuple[str, np.ndarray]]:
+    """[(label, (H, W, F) maps)]: the output of each Conv2D layer for one image (uint8 28x28 or floats in
+    [0, 1]), in inference mode."""
+    from digitlab.nn.backend import to_numpy
+
+    convs = dict(conv_layers(model))
+    if not convs:
+        raise DigitlabError("this model has no convolution layer, so no feature maps to draw")
+    h = model.prepare(np.asarray(image)[None])  # (1, *input_shape), normalised like training
+    maps = []
+    for i, layer in enumerate(model.net.layers[: max(convs) + 1]):
+        h = layer.forward(h, train=False)
+        if i in convs:
+            maps.append((f"layer {i}: Conv2D {layer.filters}@{layer.kernel}x{layer.kernel}", to_numpy(h[0])))
+    return maps
+
+
+def plot_activations(model, image, out, max_maps: int = MAX_MAPS, title: str = "") -> Plot:
+    """The input image, then one panel per conv layer with its first `max_maps` feature maps (each map
+    scaled to its own range: bright = strong response)."""
+    maps = feature_maps(model, image)
+    fig = _figure("activations")
+    rows = len(maps) + 1
+    ax = fig.add_axes((0.40, 1 - 0.9 / rows, 0.2, 0.9 / rows - 0.1))  # below the title
+    ax.imshow(_as_images(np.asarray(image)[None])[0], cmap="gray_r", interpolation="nearest")
+    ax.set_title("input", fontsize=10)
+    _bare(ax)
+    for r, (label, m) in enumerate(maps, 1):
+        tiles = m.transpose(2, 0, 1)[:max_maps]  # (H, W, F) -> (F', H, W)
+        lo, hi = tiles.min(axis=(1, 2), keepdims=True), tiles.max(axis=(1, 2), keepdims=True)
+        tiles = (tiles - lo) / np.where(hi > lo, hi - lo, 1.0)  # each map in [0, 1]
+        ax = fig.add_axes((0.02, 1 - 0.9 * (r + 1) / rows - 0.02, 0.96, 0.9 / rows - 0.04))
+        ax.imshow(_montage(tiles, min(16, len(tiles)), 1, 0, 0.0), cmap="gray_r", vmin=0.0, vmax=1.0,
+                  interpolation="nearest")
+        ax.set_title(f"{label}: {len(tiles)} of {m.shape[2]} maps, {m.shape[0]}x{m.shape[1]}", fontsize=10)
+        _bare(ax)
+    fig.suptitle(title or "feature maps of each convolution layer")
+    return _save(fig, "activations", out)
+
+
 def plot_confusion_matrix(counts: np.ndarray, names: list[str], out, title: str = "") -> Plot:
     """Two panels: raw counts and row-normalised fractions (rows = true class, columns = predicted)."""
     fractions = row_normalize(counts)  # (C, C)
@@ -470,7 +553,8 @@ def _metric_rows(summary: dict, model_metrics: dict, accuracy: float, n: int) ->
 
 
 def write_run_report(run_dir, model, test_images, test_labels, n_mistakes: int = 36) -> Path:
-    """Write curves.png (when history.csv exists), weights.png, confusion.png, mistakes.png and report.md
+    """Write curves.png (when history.csv exists), weights.png (CNN: filters.png and activations.png),
+    confusion.png, mistakes.png and report.md
     into `run_dir`; returns the path of report.md. One predict pass is shared by the confusion matrix,
     the mistakes and the per-class table."""
     run_dir = Path(run_dir)
@@ -492,11 +576,18 @@ def write_run_report(run_dir, model, test_images, test_labels, n_mistakes: int =
         figures["Learning curves"] = "curves.png"
     else:
         history_note = "_No history.csv in this folder, so no learning curves._\n\n"
-    try:
-        plot_weights(model, run_dir / "weights.png")
-        figures["Weights"] = "weights.png"
-    except DigitlabError as exc:  # e.g. a convolutional first layer: the report goes on without it
-        history_note += f"_Weights not drawn: {exc}._\n\n"
+    if conv_layers(model):  # a CNN: its first-layer kernels and the feature maps of the first test image
+        plot_filters(model, run_dir / "filters.png")
+        figures["First-layer filters"] = "filters.png"
+        plot_activations(model, test_images[0], run_dir / "activations.png",
+                         title=f"feature maps for the first test image (label {names[labels[0]]})")
+        figures["Feature maps (first test image)"] = "activations.png"
+    else:
+        try:
+            plot_weights(model, run_dir / "weights.png")
+            figures["Weights"] = "weights.png"
+        except DigitlabError as exc:  # a first layer that cannot be drawn: the report goes on without it
+            history_note += f"_Weights not drawn: {exc}._\n\n"
     plot_confusion_matrix(counts, names, run_dir / "confusion.png", title="test set")
     figures["Confusion matrix (test set)"] = "confusion.png"
     plot_mistakes_from_proba(test_images, labels, proba, names, run_dir / "mistakes.png", n_mistakes)

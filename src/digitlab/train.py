@@ -49,7 +49,7 @@ from digitlab.nn.layers import Dropout, Sequential
 from digitlab.nn.losses import get_loss
 from digitlab.nn.model import Classifier
 from digitlab.nn.optim import SGD, Adam, make_schedule, onecycle_beta1
-from digitlab.recipes import Recipe, architecture_of, load_recipe, make_recipe
+from digitlab.recipes import DEFAULT_RECIPE, Recipe, architecture_of, load_recipe, make_recipe
 
 HISTORY_COLUMNS = ("epoch", "step", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
                    "test_loss", "test_accuracy", "seconds")
@@ -129,7 +129,7 @@ def build_optimizer(recipe: Recipe, net: Sequential | None = None, total_steps: 
     (unless the recipe sets decay_all). cycle_beta1: Adam's beta1 follows onecycle_beta1 over total_steps."""
     if recipe.optimizer == "adam":
         cycle = onecycle_beta1(total_steps) if recipe.cycle_beta1 else None
-        opt = Adam(weight_decay=recipe.weight_decay, beta1_schedule=cycle)
+        opt = Adam(recipe.beta1, recipe.beta2, weight_decay=recipe.weight_decay, beta1_schedule=cycle)
     else:
         momentum = recipe.momentum if recipe.optimizer in ("momentum", "nesterov") else 0.0
         opt = SGD(momentum=momentum, nesterov=recipe.optimizer == "nesterov", weight_decay=recipe.weight_decay)
@@ -170,9 +170,10 @@ def _epoch_batches(recipe: Recipe, plan: Plan, train: Split, full_x, epoch: int,
 
 
 # ------------------------------------------------------------------------------------------------ fit
-def train_step(model: Classifier, optimizer, x, y, lr: float, loss_fn=None) -> tuple[float, int]:
+def train_step(model: Classifier, optimizer, x, y, lr: float, loss_fn=None, arrays=None) -> tuple[float, int]:
     """One optimizer step on the batch (x, y) at learning rate lr; returns (mean loss, correct predictions).
-    A non-finite loss returns before anything is updated (the caller stops the run)."""
+    A non-finite loss returns before anything is updated (the caller stops the run). `arrays`: the network's
+    (parameters(), grads()) lists, for a caller that makes them once (fit)."""
     net = model.net
     scores = net.forward(x)  # (B, *input_shape) -> (B, C)
     correct = int(np.count_nonzero(scores.argmax(axis=1) == y))
@@ -183,7 +184,8 @@ def train_step(model: Classifier, optimizer, x, y, lr: float, loss_fn=None) -> t
     if fold:
         dscores *= lr  # (B, C)
     net.backward(dscores)
-    optimizer.step(net.parameters(), net.grads(), 1.0 if fold else lr)
+    params, grads = arrays or (net.parameters(), net.grads())
+    optimizer.step(params, grads, 1.0 if fold else lr)
     return loss, correct
 
 
@@ -206,6 +208,7 @@ def fit(model: Classifier, optimizer, data: RunData, recipe: Recipe, state: Trai
                disable=quiet or not sys.stderr.isatty())
     if state.order_rng is None:
         state.order_rng = rngs["order"].bit_generator.state
+    arrays = model.net.parameters(), model.net.grads()   # the same arrays every step
     # A diverging run overflows a step or two before its loss turns non-finite; rather than a flood of
     # RuntimeWarnings, every step's loss is checked and a non-finite one stops training with a TrainingError.
     with _sigint_deferred() as ctrl_c, np.errstate(over="ignore", invalid="ignore"), bar, \
@@ -219,7 +222,7 @@ def fit(model: Classifier, optimizer, data: RunData, recipe: Recipe, state: Trai
                 t0 = time.perf_counter() - state.seconds
                 for x, y in epoch_batches:
                     lr = schedule(state.step)
-                    loss, correct = train_step(model, optimizer, x, y, lr, loss_fn)
+                    loss, correct = train_step(model, optimizer, x, y, lr, loss_fn, arrays)
                     if not math.isfinite(loss):
                         raise _diverged(f"loss became {'NaN' if math.isnan(loss) else 'infinite'} at epoch "
                                         f"{state.epoch + 1} step {state.step + 1}", lr, run_dir)
@@ -409,7 +412,7 @@ def train_recipe(name, overrides: dict | None = None, out_dir=None, data_dir=Non
             raise ConfigError("resume needs the run folder to continue (out_dir)")
         recipe = _read_config(Path(out_dir))
     else:
-        recipe = load_recipe(name or "mlp", overrides)
+        recipe = load_recipe(name or DEFAULT_RECIPE, overrides)
     run_dir = Path(out_dir) if out_dir is not None else default_run_dir(recipe.name)
     if not resume:
         _refuse_to_overwrite(run_dir)  # before loading any data: fail fast, and never lose an earlier run

@@ -2,6 +2,8 @@
 
     digitlab plot curves runs/mlp                          # -> runs/mlp/curves.png
     digitlab plot weights runs/softmax/model.safetensors   # -> runs/softmax/weights.png
+    digitlab plot filters runs/cnn/model.safetensors       # -> runs/cnn/filters.png (first-layer kernels)
+    digitlab plot activations runs/cnn/model.safetensors docs/examples/seven.jpg   # -> runs/cnn/activations.png
     digitlab plot confusion runs/mlp/model.safetensors --split test
     digitlab plot mistakes runs/mlp/model.safetensors --n 36 --out mistakes.png
     digitlab plot samples mnist --per-class 10             # -> ./samples-mnist.png
@@ -31,7 +33,7 @@ DATA_DIR_HELP = "folder holding the data set files (default: digitlab's usual lo
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "plot",
-        help="draw learning curves, weights, confusion matrices, mistakes, samples or augmentation as PNG",
+        help="draw learning curves, weights, CNN filters and feature maps, confusion matrices, mistakes, samples or augmentation as PNG",
         description="Draw a PNG figure of a run, a model or a data set.",
     )
     kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
@@ -50,6 +52,23 @@ def register(subparsers) -> None:
                    help="how many first-layer units to draw for a deeper model (default: 64)")
     _add_out(w, "weights.png next to MODEL")
     w.set_defaults(func=cmd_weights)
+
+    k = kinds.add_parser("filters", help="first-layer kernels of a convolutional model",
+                         description="The kernels of a CNN's first convolution layer, each on a diverging "
+                                     "colormap centred on 0 and scaled to its own max |w|.")
+    k.add_argument("model", metavar="MODEL", type=Path, help="a model file (model.safetensors)")
+    k.add_argument("--n", type=int, default=64, help="how many filters to draw at most (default: 64)")
+    _add_out(k, "filters.png next to MODEL")
+    k.set_defaults(func=cmd_filters)
+
+    v = kinds.add_parser("activations", help="feature maps of each conv layer for one picture",
+                         description="The feature maps each convolution layer of a CNN computes for one picture "
+                                     "(prepared like `digitlab predict` does: a photo or drawing of one digit).")
+    v.add_argument("model", metavar="MODEL", type=Path, help="a model file (model.safetensors)")
+    v.add_argument("image", metavar="IMAGE", type=Path, help="a picture of one digit (PNG, JPEG, ...)")
+    v.add_argument("--n", type=int, default=32, help="feature maps to draw per layer at most (default: 32)")
+    _add_out(v, "activations.png next to MODEL")
+    v.set_defaults(func=cmd_activations)
 
     f = kinds.add_parser("confusion", help="confusion matrix (counts and row-normalised) of a model",
                          description="Confusion matrix of a model on a data split: counts and row-normalised.")
@@ -161,6 +180,39 @@ def cmd_weights(args) -> int:
     except DigitlabError as exc:
         raise type(exc)(f"{args.model}: {exc}") from None
     return _report(args, plot)
+
+
+def _cnn_plot(args, draw):
+    """Load MODEL, check --n, run draw(model); a model without conv layers is one clear error naming it."""
+    import digitlab
+    from digitlab.errors import ConfigError, DigitlabError
+
+    if args.n < 1:
+        raise ConfigError(f"--n must be at least 1, got {args.n}")
+    model = digitlab.load(args.model)
+    try:
+        return _report(args, draw(model))
+    except DigitlabError as exc:
+        raise type(exc)(f"{args.model}: {exc}") from None
+
+
+def cmd_filters(args) -> int:
+    from digitlab import plots
+
+    return _cnn_plot(args, lambda model: plots.plot_filters(model, _model_out(args, "filters"), max_filters=args.n))
+
+
+def cmd_activations(args) -> int:
+    from digitlab import plots
+    from digitlab.images import load_image, to_mnist
+
+    x, _ = to_mnist(load_image(args.image))  # (28, 28) uint8, as predict sees it; errors name the picture
+
+    def draw(model):
+        return plots.plot_activations(model, x, _model_out(args, "activations"), max_maps=args.n,
+                                      title=f"feature maps for {args.image.name}")
+
+    return _cnn_plot(args, draw)
 
 
 def cmd_confusion(args) -> int:

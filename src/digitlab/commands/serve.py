@@ -1,6 +1,6 @@
 """`digitlab serve`: the draw-a-digit web page and its JSON API on http://127.0.0.1:8000/.
 
-    digitlab serve                              # the most accurate runs/*/model.safetensors, or train the mlp recipe
+    digitlab serve                              # the most accurate runs/*/model.safetensors, or train the default recipe
     digitlab serve runs/mlp/model.safetensors --port 8080
     digitlab serve --port 0 --json              # a free port; prints {"url": ..., "model": ...} as JSON
 
@@ -19,7 +19,6 @@ from pathlib import Path
 from digitlab.commands._common import add_json_flag, emit
 from digitlab.errors import ConfigError, ModelFileError
 
-DEFAULT_RECIPE = "mlp"
 HEADER_TIMEOUT = 10.0  # seconds a client has to send a request's head (uvicorn has no such timeout itself)
 KEEP_ALIVE = 5  # seconds an idle keep-alive connection stays open
 MAX_CONNECTIONS = 100  # open connections; past it uvicorn answers 503 and new ones are closed at once
@@ -99,7 +98,8 @@ def most_accurate(runs_dir: Path):
 
 
 def train_default(runs_dir: Path) -> Path:
-    """Train the default recipe into RUNS_DIR/mlp-YYYYmmdd-HHMMSS with progress; returns its model path."""
+    """Train the default recipe into RUNS_DIR/RECIPE-YYYYmmdd-HHMMSS with progress; returns its model path."""
+    from digitlab.recipes import DEFAULT_RECIPE
     from digitlab.train import train_recipe
 
     out_dir = Path(runs_dir) / f"{DEFAULT_RECIPE}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -48,16 +48,17 @@ def _register_recipes(sub) -> None:
 
 
 def cmd_recipes(args) -> int:
-    from digitlab.recipes import list_recipes
+    from digitlab.recipes import DEFAULT_RECIPE, list_recipes
 
     recipes = list_recipes()
     rows = [
         {"name": r.name, "description": r.description, "system": r.system, "metric": r.reported_metric,
-         "reported": r.reported, "target": r.target}
+         "reported": r.reported, "target": r.target, "default": r.name == DEFAULT_RECIPE}
         for r in recipes
     ]
     width = max(len(r.name) for r in recipes)
-    text = "\n".join(f"{r.name:<{width}}  {r.description}" for r in recipes)
+    text = "\n".join(f"{r.name:<{width}}  {r.description}{'  [default]' if r.name == DEFAULT_RECIPE else ''}"
+                     for r in recipes)
     emit(args, rows, text)
     return 0
 
@@ -92,7 +93,8 @@ def _register_train(sub) -> None:
         description="Train a model from a recipe into a run folder (config, history.csv, checkpoint, "
                     "model.safetensors, summary.json, report). Options left out keep the recipe's values.",
     )
-    p.add_argument("--recipe", type=str, default="mlp", help="recipe name or path to a .toml (default: mlp)")
+    p.add_argument("--recipe", type=str, default=None,
+                   help="recipe name or path to a .toml (default: the default recipe, marked in `digitlab recipes`)")
     for name, (kind, text) in TRAIN_OVERRIDES.items():
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None,
                        help=f"{text} (default: the recipe's)")

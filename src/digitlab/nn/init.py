@@ -15,6 +15,7 @@ fan_in = k*k*C and fan_out = k*k*F. Names:
   glorot_normal    N(0, 2/(fan_in+fan_out))
   glorot_uniform   U(-a, a), a = sqrt(6/(fan_in+fan_out))
   uniform_scaled   U(-1, 1) / sqrt(fan_in*fan_out)   (the 784-128-10 notebook's)
+  torch_uniform    U(-a, a), a = 1/sqrt(fan_in)      (PyTorch's default for Linear and Conv2d weights)
 Draws are made in float64 and then cast, so a float32 and a float64 model from the same seed start from the
 same numbers (up to rounding).
 """
@@ -54,6 +55,11 @@ def _uniform_scaled(shape, fans, rng):
     return rng.uniform(-1.0, 1.0, size=shape) / math.sqrt(fans[0] * fans[1])
 
 
+def _torch_uniform(shape, fans, rng):  # kaiming_uniform_(a=sqrt(5)): bound sqrt(6 / ((1 + 5) fan_in))
+    limit = 1.0 / math.sqrt(fans[0])
+    return rng.uniform(-limit, limit, size=shape)
+
+
 INITIALIZERS = {
     "zeros": _zeros,
     "normal": _normal,
@@ -61,6 +67,7 @@ INITIALIZERS = {
     "glorot_normal": _glorot_normal,
     "glorot_uniform": _glorot_uniform,
     "uniform_scaled": _uniform_scaled,
+    "torch_uniform": _torch_uniform,
 }
 _CALL = re.compile(r"^\s*([a-z_]+)\s*(?:\(\s*([^)]*?)\s*\)|:\s*(\S+))\s*$")  # normal(0.01) | normal:0.01
 

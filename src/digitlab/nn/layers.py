@@ -137,8 +137,27 @@ def _ones(layer, n, dtype, xp):
     return store[key]
 
 
+# Linear skips the input columns that are 0 in every sample of a batch when at least this fraction of them
+# are: their rows of W add nothing to y and get a gradient of exactly 0 (for finite W: the full product would
+# turn 0 * inf into NaN), so both products shrink by that fraction, for the cost of gathering the live columns
+# of x and rows of W and scattering dW back. Pixels are the case it is for (a batch of 64 MNIST digits leaves
+# ~38 % of the 784 pixels 0 in every image: the border); below about a quarter the gathers cost more than the
+# smaller products save (BENCHMARKS.md).
+SPARSE_INPUT_MIN_ZERO = 0.25
+
+
+def _live_columns(x):
+    """(live, cols): the columns of x (N, in) that are non-zero in some sample (NaN counts as non-zero), as an
+    (in,) bool mask and as (k,) indices; (None, None) (use every column) when fewer than SPARSE_INPUT_MIN_ZERO
+    of them are zero throughout."""
+    live = (x != 0).any(axis=0)                          # (in,)
+    cols = np.flatnonzero(live)                          # (k,)
+    return (live, cols) if len(cols) <= (1.0 - SPARSE_INPUT_MIN_ZERO) * len(live) else (None, None)
+
+
 class Linear(Layer):
-    """y = x @ W + b with W (in, out) on flat inputs (N, in). `Linear(out_features=10)` takes `in` from build."""
+    """y = x @ W + b with W (in, out) on flat inputs (N, in). `Linear(out_features=10)` takes `in` from build.
+    A batch whose inputs are 0 in many columns (pixels) is multiplied on its non-zero columns only (exact)."""
 
     decay_names = ("W",)
 
@@ -151,7 +170,8 @@ class Linear(Layer):
         self.param_names = ("W", "b") if bias else ("W",)
         self.declared_in = None if in_features is None else int(in_features)   # "in" of a spec, checked at build
         self.b = self.db = None
-        self._x = None
+        self._x = self._live = self._cols = None
+        self._dW_rows = None   # after a sparse backward: the rows of dW it wrote (all others are 0); None: any
         if in_features is not None:
             self.build((int(in_features),))
 
@@ -173,22 +193,44 @@ class Linear(Layer):
 
     def forward(self, x, train=True):
         xp = array_module(x)
-        y = self._buf("y", (x.shape[0], self.out_features), self.W.dtype, xp, train)
-        xp.matmul(x, self.W, out=y)                      # (N, in) @ (in, out) -> (N, out)
+        n, (n_in, n_out) = len(x), self.W.shape
+        y = self._buf("y", (n, n_out), self.W.dtype, xp, train)
+        live, cols = _live_columns(x) if xp is np else (None, None)   # GPU: always dense (its products are cheap)
+        if cols is None:
+            xp.matmul(x, self.W, out=y)                  # (N, in) @ (in, out) -> (N, out)
+        else:                                            # columns that are 0 in every sample add nothing to y
+            k = len(cols)
+            # mode="clip": the indices are valid by construction, and "raise" would copy through a buffer
+            x = x.take(cols, axis=1, mode="clip",        # (N, k): the live columns
+                       out=self._buf("x_live", (n * n_in,), x.dtype, xp, train)[:n * k].reshape(n, k))
+            W = self.W.take(cols, axis=0, mode="clip",   # (k, out): their rows of W
+                            out=self._buf("W_live", (n_in, n_out), self.W.dtype, xp, train)[:k])
+            np.matmul(x, W, out=y)                       # (N, k) @ (k, out) -> (N, out)
         if self.b is not None:
             y += self.b                                  # (N, out) + (out,)
         if train:
-            self._x = x                                  # kept for dW = x^T dy
+            self._x, self._live, self._cols = x, live, cols   # for dW = x^T dy (x: the live columns if cols)
         return y
 
     def backward(self, dy, need_dx=True):
         xp = array_module(dy)
-        xp.matmul(self._x.T, dy, out=self.dW)            # (in, N) @ (N, out) -> (in, out)
+        if self._cols is None:
+            xp.matmul(self._x.T, dy, out=self.dW)        # (in, N) @ (N, out) -> (in, out)
+            self._dW_rows = None
+        else:
+            dW_live = self._buf("dW_live", self.W.shape, dy.dtype, xp)[:len(self._cols)]
+            xp.matmul(self._x.T, dy, out=dW_live)        # (k, N) @ (N, out) -> (k, out)
+            # The rows of the all-zero columns get exactly 0: only those the last backward wrote need clearing
+            # (backward is the one writer of dW; zero_grad leaves zeros), a few rows instead of all of dW.
+            dead = ~self._live if self._dW_rows is None else self._dW_rows & ~self._live     # (in,)
+            self.dW[dead] = 0
+            self.dW[self._cols] = dW_live                # (in, out)
+            self._dW_rows = self._live
         if self.b is not None:
             xp.matmul(_ones(self, len(dy), dy.dtype, xp), dy, out=self.db)   # (N,) @ (N, out) -> (out,)
         if not need_dx:
             return None
-        dx = self._buf("dx", self._x.shape, dy.dtype, xp)
+        dx = self._buf("dx", (len(dy), self.W.shape[0]), dy.dtype, xp)
         return xp.matmul(dy, self.W.T, out=dx)           # (N, out) @ (out, in) -> (N, in)
 
     def spec(self) -> dict:
@@ -270,13 +312,17 @@ class Conv2D(Layer):
         sn, sh, sw, sc = x.strides
         patches = xp.lib.stride_tricks.as_strided(                         # (N, Ho, Wo, k, k, C), a view
             x, (n, ho, wo, k, k, c), (sn, s * sh, s * sw, sh, sw, sc))     # only read (CuPy has no writeable=)
-        cols = self._buf("cols", (n, ho, wo, k, k, c), x.dtype, xp, train)
-        cols[...] = patches                                                # im2col: the one copy
-        cols = cols.reshape(n * ho * wo, k * k * c)                        # (M, kkC)
-        y = self._buf("y", (n, ho, wo, self.filters), x.dtype, xp, train)
-        xp.matmul(cols, self.W.reshape(-1, self.filters), out=y.reshape(-1, self.filters))  # (M, F)
-        if self.b is not None:
-            y += self.b                                                    # (N, Ho, Wo, F) + (F,)
+        # With a bias, cols gets a column of ones and the kernel matrix a row b, so the GEMM adds the bias
+        # (one pass less over the output) and backward's cols^T @ dY gives db with dW.
+        kkc, nb, f = k * k * c, int(self.b is not None), self.filters
+        cols = self._buf("cols", (n * ho * wo, kkc + nb), x.dtype, xp, train)  # (M, kkC [+ 1])
+        cols[:, :kkc].reshape(n, ho, wo, k, k, c)[...] = patches           # im2col: the one copy (into a view)
+        wb = self.W.reshape(kkc, f)                                        # (kkC, F)
+        if nb:
+            cols[:, kkc] = 1
+            wb = xp.concatenate([wb, self.b[None]])                        # (kkC + 1, F): [W; b]
+        y = self._buf("y", (n, ho, wo, f), x.dtype, xp, train)
+        xp.matmul(cols, wb, out=y.reshape(-1, f))                          # (M, kkC [+ 1]) @ (., F) -> (M, F)
         if train:
             self._cols, self._n = cols, n
         return y
@@ -286,18 +332,23 @@ class Conv2D(Layer):
         h, w, c, ho, wo, pt, pl, hp, wp = self._geometry(self.input_shape)
         n, k, s, f = self._n, self.kernel, self.stride, self.filters
         dy2 = dy.reshape(n * ho * wo, f)                                   # (M, F)
-        xp.matmul(self._cols.T, dy2, out=self.dW.reshape(-1, f))           # (kkC, M) @ (M, F) -> (kkC, F)
-        if self.b is not None:
-            xp.matmul(_ones(self, len(dy2), dy.dtype, xp), dy2, out=self.db)  # (M,) @ (M, F) -> (F,)
+        if self.b is None:
+            xp.matmul(self._cols.T, dy2, out=self.dW.reshape(-1, f))       # (kkC, M) @ (M, F) -> (kkC, F)
+        else:                                                              # [dW; db] in one product
+            dwb = xp.matmul(self._cols.T, dy2, out=self._buf("dwb", (k * k * c + 1, f), dy.dtype, xp))
+            self.dW[...] = dwb[:-1].reshape(self.dW.shape)
+            self.db[...] = dwb[-1]
         if not need_dx:
             return None
-        dcols = self._buf("dcols", (n, ho, wo, k, k, c), dy.dtype, xp)
-        xp.matmul(dy2, self.W.reshape(-1, f).T, out=dcols.reshape(n * ho * wo, k * k * c))  # (M, kkC)
+        # dX: one (M, C) block of d cols per kernel offset (one batched GEMM), each added onto its shifted slice
+        wk = self.W.reshape(k * k, c, f).transpose(0, 2, 1)                # (kk, F, C), a view
+        dcols = self._buf("dcols", (k * k, n * ho * wo, c), dy.dtype, xp)
+        xp.matmul(dy2, wk, out=dcols)                                      # (M, F) @ (kk, F, C) -> (kk, M, C)
         dxpad = self._buf("dxpad", (n, hp, wp, c), dy.dtype, xp)
         dxpad.fill(0)
-        for i in range(k):                                                 # col2im: k*k slice-adds
+        for i in range(k):                                                 # col2im: k*k contiguous slice-adds
             for j in range(k):
-                dxpad[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s] += dcols[:, :, :, i, j]
+                dxpad[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s] += dcols[i * k + j].reshape(n, ho, wo, c)
         if (pt, pl, hp, wp) == (0, 0, h, w):
             dx = dxpad
         else:                                                              # (N, H, W, C): drop the padding
@@ -366,6 +417,8 @@ class MaxPool2D(_Pool2D):
     def forward(self, x, train=True):
         xp = array_module(x)
         win = self._windows(x)                                   # (N, Ho, p, Wo, p, C)
+        if self.pool == 2:
+            return self._forward2(win, train, xp)
         y = win.max(axis=(2, 4))                                 # (N, Ho, Wo, C)
         if train:                                                # mask of the first maximum of each window
             mask = self._buf("mask", win.shape, bool, xp)
@@ -377,6 +430,24 @@ class MaxPool2D(_Pool2D):
                     xp.equal(win[:, :, a, :, b], y, out=hit)
                     hit &= free
                     free &= ~hit
+            self._mask = mask
+        return y
+
+    def _forward2(self, win, train, xp):
+        """2 x 2 windows by pairwise maxima (a reduction over two short axes is ~3x slower); the mask marks the
+        first maximum in row-major order: the right column only if strictly larger, the lower row likewise."""
+        left, right = win[:, :, :, :, 0], win[:, :, :, :, 1]    # (N, Ho, 2, Wo, C) each, views
+        rowmax = xp.maximum(left, right)                         # (N, Ho, 2, Wo, C): max of each window row
+        y = self._buf("y", rowmax[:, :, 0].shape, win.dtype, xp, train)
+        xp.maximum(rowmax[:, :, 0], rowmax[:, :, 1], out=y)      # (N, Ho, Wo, C)
+        if train:
+            r = xp.greater(right, left)                          # (N, Ho, 2, Wo, C): row's max is on the right
+            low = xp.greater(rowmax[:, :, 1], rowmax[:, :, 0])   # (N, Ho, Wo, C): window's max is in the low row
+            mask = self._buf("mask", win.shape, bool, xp)        # (N, Ho, 2, Wo, 2, C); a > b is a and not b
+            xp.logical_not(xp.logical_or(r[:, :, 0], low), out=mask[:, :, 0, :, 0])
+            xp.greater(r[:, :, 0], low, out=mask[:, :, 0, :, 1])
+            xp.greater(low, r[:, :, 1], out=mask[:, :, 1, :, 0])
+            xp.logical_and(r[:, :, 1], low, out=mask[:, :, 1, :, 1])
             self._mask = mask
         return y
 
@@ -509,13 +580,14 @@ class BatchNorm(Layer):
 
 
 class ReLU(Layer):
-    """y = max(x, 0); in training x * (x > 0) with the mask kept for backward, which is dy * mask."""
+    """y = max(x, 0); in training x * (x > 0) with the mask kept for backward, which is dy * mask.
+    The mask is 0/1 in x's float type, not bool: multiplying two float arrays is the faster loop."""
 
     def forward(self, x, train=True):
         xp = array_module(x)
         if not train:
             return xp.maximum(x, 0)
-        self._mask = xp.greater(x, 0, out=self._buf("mask", x.shape, bool, xp))         # (N, ...) bool
+        self._mask = xp.greater(x, 0, out=self._buf("mask", x.shape, x.dtype, xp))      # (N, ...) 0.0 / 1.0
         return xp.multiply(x, self._mask, out=self._buf("y", x.shape, x.dtype, xp))
 
     def backward(self, dy, need_dx=True):
@@ -681,6 +753,8 @@ class Sequential:
             except ConfigError as exc:
                 raise ConfigError(f"layer {i} ({type(layer).__name__}): {exc}") from None
         self.output_shape = shape
+        params = self.parameters()
+        self.dtype = params[0].dtype if params else np.dtype(np.float32)   # fixed: load_state_dict keeps it
         self.workspace: dict[int, dict] = {i: {} for i in range(len(self.layers))}
         for i, layer in enumerate(self.layers):
             layer.ws = self.workspace[i]
@@ -751,11 +825,6 @@ class Sequential:
             if arr.dtype != param.dtype:
                 raise ValueError(f"weights {name!r} are {arr.dtype}, expected {param.dtype}")
             param[...] = arr
-
-    @property
-    def dtype(self):
-        params = self.parameters()
-        return params[0].dtype if params else np.dtype(np.float32)
 
     @property
     def input_dim(self) -> int:

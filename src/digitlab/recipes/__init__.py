@@ -44,7 +44,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-DEFAULT_RECIPE = "mlp"
+DEFAULT_RECIPE = "cnn"  # what `digitlab train`, `digitlab serve` (with no model) and `make demo` train
 
 CHOICES = {
     "split": ("standard", "pooled-sklearn"),
@@ -93,6 +93,8 @@ class Recipe:
     optimizer: str = "sgd"  # sgd | momentum | nesterov | adam
     lr: float = 0.1  # peak learning rate
     momentum: float = 0.9  # for momentum / nesterov
+    beta1: float = 0.9  # adam: decay of the gradient average (the start value when cycle_beta1 is set)
+    beta2: float = 0.999  # adam: decay of the squared-gradient average
     weight_decay: float = 0.0  # L2 weight decay, on weights only (not biases or BatchNorm parameters)
     decay_all: bool = False  # true: weight decay on every parameter, biases and BatchNorm's too
     schedule: str = "constant"  # constant | cosine (to 0 at the end) | step (x0.1 after each third) |
@@ -236,6 +238,7 @@ def _validate(r: Recipe, label: str) -> None:
         (r.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
         (r.threads >= 0, "threads must be >= 0 (0 = automatic)"),
         (r.weight_decay >= 0, "weight_decay must be >= 0"),
+        (0.0 <= r.beta1 < 1.0 and 0.0 <= r.beta2 < 1.0, "beta1 and beta2 must be in [0, 1)"),
         (r.warmup_steps >= 0, "warmup_steps must be >= 0"),
         (not r.cycle_beta1 or (r.schedule, r.optimizer) == ("onecycle", "adam"),
          "cycle_beta1 needs schedule = \"onecycle\" and optimizer = \"adam\""),
