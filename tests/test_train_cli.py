@@ -83,8 +83,12 @@ def test_ctrl_c_then_resume_from_cli_equals_an_uninterrupted_run(tmp_path, capsy
     assert not (out / "model.safetensors").exists()
     monkeypatch.setattr(digitlab.train, "train_recipe", real)
 
-    code, resumed = run_json(capsys, "train", "--resume", str(out))
-    assert code == 0 and resumed["steps"] == 314 and resumed["epochs"] == 2
+    assert main(["train", "--resume", str(out), "--json"]) == 0
+    captured = capsys.readouterr()
+    resumed = json.loads(captured.out)  # the note goes to stderr: stdout stays pure JSON
+    epoch, step = stop_step // 157 + 1, stop_step + 1  # 1-based: the next epoch and step to run
+    assert f"resuming {out} at epoch {epoch} step {step} of 314" in captured.err
+    assert resumed["steps"] == 314 and resumed["epochs"] == 2
     assert resumed["test_accuracy"] == straight["test_accuracy"]
     assert resumed["train_loss"] == straight["train_loss"]
     a, b = _weights(straight["model_path"]), _weights(resumed["model_path"])
@@ -96,8 +100,10 @@ def test_resume_of_a_finished_run_changes_nothing(tmp_path, capsys):
     assert main(["train", *SMALL, "--out", str(out)]) == 0
     assert "test accuracy" in capsys.readouterr().out
     before = _weights(out / "model.safetensors")
-    code, result = run_json(capsys, "train", "--resume", str(out))  # already finished: nothing left to do
-    assert code == 0 and len(result["epoch_seconds"]) == 1
+    assert main(["train", "--resume", str(out), "--json"]) == 0  # already finished: nothing left to do
+    captured = capsys.readouterr()
+    assert len(json.loads(captured.out)["epoch_seconds"]) == 1
+    assert f"{out} is already complete (157 steps)" in captured.err
     after = _weights(out / "model.safetensors")
     assert all(np.array_equal(before[k], after[k]) for k in before)
 

@@ -115,7 +115,8 @@ def cmd_train(args) -> int:
     quiet = args.quiet or args.json
     try:
         if args.resume:
-            result = train_recipe(None, None, out_dir=args.resume, data_dir=args.data_dir, quiet=quiet, resume=True)
+            result = train_recipe(None, None, out_dir=args.resume, data_dir=args.data_dir, quiet=quiet, resume=True,
+                                  log=lambda line: print(line, file=sys.stderr))
         else:
             result = train_recipe(args.recipe, overrides, out_dir=args.out, data_dir=args.data_dir, quiet=quiet)
     except TrainingInterrupted as exc:
