@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 
 import numpy as np
@@ -118,6 +119,24 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys):
     assert "missing.safetensors" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--hidden", "3x"])
+
+
+def _tiny_recipe(path, target):
+    path.write_text('description = "tiny"\nsystem = "softmax regression"\ndataset = "mnist-sample"\n'
+                    f'hidden = []\nepochs = 2\nlr = 0.5\n[reported]\nmetric = "test_accuracy"\n'
+                    f'value = 0.5\ntarget = {target}\n')
+    return str(path)
+
+
+def test_reproduce_prints_one_progress_line_per_recipe(tmp_path, capsys):
+    easy, hard = _tiny_recipe(tmp_path / "easy.toml", 0.6), _tiny_recipe(tmp_path / "hard.toml", 0.999)
+    assert main(["reproduce", easy, hard, "--out", str(tmp_path / "rep")]) == 0
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()  # no per-epoch lines: exactly one per recipe
+    assert len(lines) == 2, captured.err
+    assert re.fullmatch(r"\[1/2\] easy \.\.\. \d+\.\d\d % test, ok \(>= 60\.00 %\), \d+\.\d s", lines[0])
+    assert re.fullmatch(r"\[2/2\] hard \.\.\. \d+\.\d\d % test, MISSED \(>= 99\.90 %\), \d+\.\d s", lines[1])
+    assert "| easy |" in captured.out and "| hard |" in captured.out  # the table stays on stdout
 
 
 def test_reproduce_json_rows(tmp_path, capsys):

@@ -172,7 +172,7 @@ def _register_reproduce(sub) -> None:
     p.add_argument("--data-dir", type=str, default=None, help="folder holding the data set files")
     p.add_argument("--out", type=str, default=None,
                    help="folder for the run folders (default: runs/reproduce-<YYYYmmdd-HHMMSS>)")
-    p.add_argument("--quiet", action="store_true", default=False, help="no progress bars")
+    p.add_argument("--quiet", action="store_true", default=False, help="no progress line per recipe")
     p.add_argument("--report", action="store_true", default=False,
                    help="also write each run's plots and report.md (slower)")
     p.add_argument("--strict", action="store_true", default=False,
