@@ -279,6 +279,36 @@ def test_run_report_links_existing_files_and_tables_match(softmax_run, mnist_tes
     assert len(overrides.splitlines()) == 2 + 2  # header, rule, exactly the two overridden fields
 
 
+def test_run_report_html_is_one_self_contained_page(softmax_run, mnist_test):
+    import base64
+    from html.parser import HTMLParser
+
+    run_dir = softmax_run.model_path.parent
+    images, labels = mnist_test
+    plots.write_run_report(run_dir, softmax_run.model, images, labels)
+    page = (run_dir / "report.html").read_text()
+
+    class Refs(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.srcs, self.tags = [], collections.Counter()
+
+        def handle_starttag(self, tag, attrs):
+            self.tags[tag] += 1
+            self.srcs += [v for k, v in attrs if k in ("src", "href")]
+
+    refs = Refs()
+    refs.feed(page)
+    assert refs.tags["table"] == 3  # overrides, metrics, per-class
+    assert len(refs.srcs) == len(plots.FIGURE_FILES) and all(s.startswith("data:image/png;base64,") for s in refs.srcs)
+    embedded = sorted(base64.b64decode(s.split(",", 1)[1]) for s in refs.srcs)
+    assert embedded == sorted((run_dir / name).read_bytes() for name in plots.FIGURE_FILES)  # the very PNGs
+    verdict = "ok" if softmax_run.test_accuracy >= 0.92 else "MISSED"  # seed-001-softmax's target
+    assert f"<strong>{verdict}</strong>: {100 * softmax_run.test_accuracy:.2f} % test accuracy" in page
+    assert "|---" not in page and "![" not in page  # all the markdown was rendered
+    assert not list(run_dir.glob(".report.html.*.tmp"))  # written atomically: no temporary file left
+
+
 def test_run_report_verdict_against_the_recipe_target(softmax_run, mnist_test, tmp_path):
     run_dir = tmp_path / "run"  # a copy: the shared run keeps its config
     shutil.copytree(softmax_run.model_path.parent, run_dir)

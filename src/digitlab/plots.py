@@ -562,7 +562,7 @@ def _metric_rows(summary: dict, model_metrics: dict, accuracy: float, n: int) ->
 
 def write_run_report(run_dir, model, test_images, test_labels, n_mistakes: int = 36) -> Path:
     """Write curves.png (when history.csv exists), weights.png (CNN: filters.png and activations.png),
-    confusion.png, mistakes.png and report.md
+    confusion.png, mistakes.png, report.md and report.html (the same, one self-contained page)
     into `run_dir`; returns the path of report.md. One predict pass is shared by the confusion matrix,
     the mistakes and the per-class table."""
     run_dir = Path(run_dir)
@@ -607,7 +607,28 @@ def write_run_report(run_dir, model, test_images, test_labels, n_mistakes: int =
     config = config if isinstance(config, dict) else {}
     text = _report_markdown(run_dir.name, metadata, summary, config, counts, names, accuracy, len(labels),
                             figures, history_note)
+    atomic_write_text(run_dir / "report.html", report_html(run_dir.name, text, run_dir, figures.values()))
     return atomic_write_text(run_dir / "report.md", text)
+
+
+HTML_STYLE = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em;line-height:1.4}"
+              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left}"
+              "img{max-width:100%}pre{background:#f4f4f4;padding:.6em;overflow-x:auto}")
+
+
+def report_html(title: str, markdown: str, folder: Path, images) -> str:
+    """report.md as one self-contained HTML page: each linked PNG in `images` (names in `folder`) embedded."""
+    import base64
+    import html
+
+    from markdown_it import MarkdownIt
+
+    for name in images:  # the link ](name) becomes a data: URI, so the page opens anywhere on its own
+        data = base64.b64encode((folder / name).read_bytes()).decode("ascii")
+        markdown = markdown.replace(f"]({name})", f"](data:image/png;base64,{data})")
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{HTML_STYLE}</style></head>\n<body>\n{body}</body></html>\n")
 
 
 def _report_markdown(name, metadata, summary, config, counts, names, accuracy, n, figures, note) -> str:
