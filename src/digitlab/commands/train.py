@@ -174,7 +174,7 @@ def _register_reproduce(sub) -> None:
                    help="folder for the run folders (default: runs/reproduce-<YYYYmmdd-HHMMSS>)")
     p.add_argument("--quiet", action="store_true", default=False, help="no progress line per recipe")
     p.add_argument("--report", action="store_true", default=False,
-                   help="also write each run's plots and report.md (slower)")
+                   help="also write each run's plots, report.md and report.html (slower)")
     p.add_argument("--strict", action="store_true", default=False,
                    help="exit with status 1 when a recipe misses its target (default: just mark it MISSED)")
     add_json_flag(p)
