@@ -29,7 +29,8 @@ demo: $(VENV)/.base
 	$(DL) data info mnist
 	$(DL) train --out $(DEMO_RUN)
 	$(DL) predict $(DEMO_RUN)/model.safetensors docs/examples/seven.jpg docs/examples/three.png
-	@echo "Next: $(DL) reproduce   |   $(DL) serve $(DEMO_RUN)/model.safetensors   |   open $(DEMO_RUN)/report.md"
+	@echo "Next: $(DL) reproduce   |   $(DL) serve $(DEMO_RUN)/model.safetensors"
+	@echo "Open the report: xdg-open $(DEMO_RUN)/report.html   (macOS: open $(DEMO_RUN)/report.html)"
 
 # Installs the Debian packages when they are missing and we may (root, or passwordless sudo).
 system-deps:

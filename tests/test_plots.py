@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -262,16 +263,64 @@ def test_run_report_links_existing_files_and_tables_match(softmax_run, mnist_tes
     # per-class accuracy rows equal a direct computation
     predicted = softmax_run.model.predict(images)
     for c in range(10):
-        row = re.search(rf"^\| {c} \| ([0-9.]+) \| (\d+) \|", text, re.M)
+        row = re.search(rf"^\| {c} \| ([0-9.]+) % \| (\d+) \|", text, re.M)
         assert row, f"no per-class row for {c}"
         mask = labels == c
-        assert float(row.group(1)) == pytest.approx(float((predicted[mask] == c).mean()), abs=5e-5)
+        assert float(row.group(1)) == pytest.approx(100 * float((predicted[mask] == c).mean()), abs=5e-3)
         assert int(row.group(2)) == int(mask.sum())
     accuracy = float((predicted == labels).mean())
-    assert f"| test accuracy (computed for this report) | {accuracy:.4f} |" in text
+    assert f"| test accuracy (computed for this report) | {100 * accuracy:.2f} % |" in text
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert f"| test_accuracy | {summary['test_accuracy']:.4f} | summary.json + model file |" in text
+    assert f"| test_accuracy | {100 * summary['test_accuracy']:.2f} % | summary.json + model file |" in text
     assert "seed-001-softmax" in text  # the recipe is part of the report
+    # the fixture's overrides (epochs 1, mnist-sample) are listed against the recipe's own values
+    assert "| epochs | 1 | 10 |" in text and "| dataset | mnist-sample | mnist |" in text
+    overrides = re.search(r"^## Overrides\n\n.*?\n\n(.*?)\n\n", text, re.M | re.S).group(1)
+    assert len(overrides.splitlines()) == 2 + 2  # header, rule, exactly the two overridden fields
+
+
+def test_run_report_html_is_one_self_contained_page(softmax_run, mnist_test):
+    import base64
+    from html.parser import HTMLParser
+
+    run_dir = softmax_run.model_path.parent
+    images, labels = mnist_test
+    plots.write_run_report(run_dir, softmax_run.model, images, labels)
+    page = (run_dir / "report.html").read_text()
+
+    class Refs(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.srcs, self.tags = [], collections.Counter()
+
+        def handle_starttag(self, tag, attrs):
+            self.tags[tag] += 1
+            self.srcs += [v for k, v in attrs if k in ("src", "href")]
+
+    refs = Refs()
+    refs.feed(page)
+    assert refs.tags["table"] == 3  # overrides, metrics, per-class
+    assert len(refs.srcs) == len(plots.FIGURE_FILES) and all(s.startswith("data:image/png;base64,") for s in refs.srcs)
+    embedded = sorted(base64.b64decode(s.split(",", 1)[1]) for s in refs.srcs)
+    assert embedded == sorted((run_dir / name).read_bytes() for name in plots.FIGURE_FILES)  # the very PNGs
+    verdict = "ok" if softmax_run.test_accuracy >= 0.92 else "MISSED"  # seed-001-softmax's target
+    assert f"<strong>{verdict}</strong>: {100 * softmax_run.test_accuracy:.2f} % test accuracy" in page
+    assert "|---" not in page and "![" not in page  # all the markdown was rendered
+    assert not list(run_dir.glob(".report.html.*.tmp"))  # written atomically: no temporary file left
+
+
+def test_run_report_verdict_against_the_recipe_target(softmax_run, mnist_test, tmp_path):
+    run_dir = tmp_path / "run"  # a copy: the shared run keeps its config
+    shutil.copytree(softmax_run.model_path.parent, run_dir)
+    images, labels = mnist_test
+    ours = softmax_run.test_accuracy
+    for target, verdict in ((ours - 0.01, "ok"), (ours + 0.01, "MISSED")):
+        config = json.loads((run_dir / "config.json").read_text())
+        config["target"] = round(target, 4)
+        (run_dir / "config.json").write_text(json.dumps(config))
+        text = plots.write_run_report(run_dir, softmax_run.model, images, labels).read_text()
+        assert (f"**{verdict}**: {100 * ours:.2f} % test accuracy; target ≥ {100 * config['target']:.2f} %."
+                in text), text
 
 
 def test_run_report_refuses_mismatched_test_data(softmax_run, mnist_test, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 
 import numpy as np
@@ -83,8 +84,12 @@ def test_ctrl_c_then_resume_from_cli_equals_an_uninterrupted_run(tmp_path, capsy
     assert not (out / "model.safetensors").exists()
     monkeypatch.setattr(digitlab.train, "train_recipe", real)
 
-    code, resumed = run_json(capsys, "train", "--resume", str(out))
-    assert code == 0 and resumed["steps"] == 314 and resumed["epochs"] == 2
+    assert main(["train", "--resume", str(out), "--json"]) == 0
+    captured = capsys.readouterr()
+    resumed = json.loads(captured.out)  # the note goes to stderr: stdout stays pure JSON
+    epoch, step = stop_step // 157 + 1, stop_step + 1  # 1-based: the next epoch and step to run
+    assert f"resuming {out} at epoch {epoch} step {step} of 314" in captured.err
+    assert resumed["steps"] == 314 and resumed["epochs"] == 2
     assert resumed["test_accuracy"] == straight["test_accuracy"]
     assert resumed["train_loss"] == straight["train_loss"]
     a, b = _weights(straight["model_path"]), _weights(resumed["model_path"])
@@ -96,8 +101,10 @@ def test_resume_of_a_finished_run_changes_nothing(tmp_path, capsys):
     assert main(["train", *SMALL, "--out", str(out)]) == 0
     assert "test accuracy" in capsys.readouterr().out
     before = _weights(out / "model.safetensors")
-    code, result = run_json(capsys, "train", "--resume", str(out))  # already finished: nothing left to do
-    assert code == 0 and len(result["epoch_seconds"]) == 1
+    assert main(["train", "--resume", str(out), "--json"]) == 0  # already finished: nothing left to do
+    captured = capsys.readouterr()
+    assert len(json.loads(captured.out)["epoch_seconds"]) == 1
+    assert f"{out} is already complete (157 steps)" in captured.err
     after = _weights(out / "model.safetensors")
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
@@ -112,6 +119,24 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys):
     assert "missing.safetensors" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--hidden", "3x"])
+
+
+def _tiny_recipe(path, target):
+    path.write_text('description = "tiny"\nsystem = "softmax regression"\ndataset = "mnist-sample"\n'
+                    f'hidden = []\nepochs = 2\nlr = 0.5\n[reported]\nmetric = "test_accuracy"\n'
+                    f'value = 0.5\ntarget = {target}\n')
+    return str(path)
+
+
+def test_reproduce_prints_one_progress_line_per_recipe(tmp_path, capsys):
+    easy, hard = _tiny_recipe(tmp_path / "easy.toml", 0.6), _tiny_recipe(tmp_path / "hard.toml", 0.999)
+    assert main(["reproduce", easy, hard, "--out", str(tmp_path / "rep")]) == 0
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()  # no per-epoch lines: exactly one per recipe
+    assert len(lines) == 2, captured.err
+    assert re.fullmatch(r"\[1/2\] easy \.\.\. \d+\.\d\d % test, ok \(>= 60\.00 %\), \d+\.\d s", lines[0])
+    assert re.fullmatch(r"\[2/2\] hard \.\.\. \d+\.\d\d % test, MISSED \(>= 99\.90 %\), \d+\.\d s", lines[1])
+    assert "| easy |" in captured.out and "| hard |" in captured.out  # the table stays on stdout
 
 
 def test_reproduce_json_rows(tmp_path, capsys):

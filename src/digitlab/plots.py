@@ -23,6 +23,7 @@ which keeps a full run report well under two seconds.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from digitlab.errors import DataError, DigitlabError
+from digitlab.errors import ConfigError, DataError, DigitlabError
 from digitlab.fsutil import atomic_write_bytes, atomic_write_text
 
 DPI = 100
@@ -529,12 +530,18 @@ def _fmt(value) -> str:
 
 METRIC_ORDER = ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "train_accuracy", "train_loss", "target",
                 "reported", "reported_metric", "epochs", "steps", "seconds")
+PERCENT_METRICS = ("test_accuracy", "val_accuracy", "train_accuracy", "target", "reported")
 NOT_METRICS = ("run_dir", "model_path", "recipe", "per_class", "history", "epoch_seconds")
+
+
+def _pct(fraction) -> str:
+    """0.97851 -> '97.85 %', as the CLI prints accuracies."""
+    return f"{100 * fraction:.2f} %"
 
 
 def _metric_rows(summary: dict, model_metrics: dict, accuracy: float, n: int) -> list[tuple[str, str, str]]:
     """One row per metric: its value and where it was found (summary.json, the model file, or both)."""
-    rows = [("test accuracy (computed for this report)", f"{accuracy:.4f}", f"{n} test images")]
+    rows = [("test accuracy (computed for this report)", _pct(accuracy), f"{n} test images")]
     keys = [k for k in METRIC_ORDER if k in summary or k in model_metrics]
     keys += sorted(k for k in {*summary, *model_metrics} if k not in METRIC_ORDER)
     for key in keys:
@@ -544,17 +551,18 @@ def _metric_rows(summary: dict, model_metrics: dict, accuracy: float, n: int) ->
                  if m.get(key) is not None and not isinstance(m.get(key), (dict, list))}
         if not found:
             continue
-        values = {_fmt(v) for v in found.values()}
+        fmt = _pct if key in PERCENT_METRICS else _fmt
+        values = {fmt(v) for v in found.values()}
         if len(values) == 1:
             rows.append((key, values.pop(), " + ".join(found)))
         else:  # the two disagree: show both rather than pick one
-            rows += [(key, _fmt(v), src) for src, v in found.items()]
+            rows += [(key, fmt(v), src) for src, v in found.items()]
     return rows
 
 
 def write_run_report(run_dir, model, test_images, test_labels, n_mistakes: int = 36) -> Path:
     """Write curves.png (when history.csv exists), weights.png (CNN: filters.png and activations.png),
-    confusion.png, mistakes.png and report.md
+    confusion.png, mistakes.png, report.md and report.html (the same, one self-contained page)
     into `run_dir`; returns the path of report.md. One predict pass is shared by the confusion matrix,
     the mistakes and the per-class table."""
     run_dir = Path(run_dir)
@@ -599,7 +607,28 @@ def write_run_report(run_dir, model, test_images, test_labels, n_mistakes: int =
     config = config if isinstance(config, dict) else {}
     text = _report_markdown(run_dir.name, metadata, summary, config, counts, names, accuracy, len(labels),
                             figures, history_note)
+    atomic_write_text(run_dir / "report.html", report_html(run_dir.name, text, run_dir, figures.values()))
     return atomic_write_text(run_dir / "report.md", text)
+
+
+HTML_STYLE = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em;line-height:1.4}"
+              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left}"
+              "img{max-width:100%}pre{background:#f4f4f4;padding:.6em;overflow-x:auto}")
+
+
+def report_html(title: str, markdown: str, folder: Path, images) -> str:
+    """report.md as one self-contained HTML page: each linked PNG in `images` (names in `folder`) embedded."""
+    import base64
+    import html
+
+    from markdown_it import MarkdownIt
+
+    for name in images:  # the link ](name) becomes a data: URI, so the page opens anywhere on its own
+        data = base64.b64encode((folder / name).read_bytes()).decode("ascii")
+        markdown = markdown.replace(f"]({name})", f"](data:image/png;base64,{data})")
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{HTML_STYLE}</style></head>\n<body>\n{body}</body></html>\n")
 
 
 def _report_markdown(name, metadata, summary, config, counts, names, accuracy, n, figures, note) -> str:
@@ -610,6 +639,7 @@ def _report_markdown(name, metadata, summary, config, counts, names, accuracy, n
     facts = [(k, v) for k, v in facts if v not in (None, "", {})]
     if facts:
         lines += [", ".join(f"**{k}**: {_fmt(v)}" for k, v in facts), ""]
+    lines += _verdict_lines(config, summary, accuracy)
     lines += ["## Metrics", "", "| metric | value | source |", "|---|---|---|"]
     model_metrics = metadata.get("metrics") if isinstance(metadata.get("metrics"), dict) else {}
     lines += [f"| {k} | {v} | {s} |" for k, v, s in _metric_rows(summary, model_metrics, accuracy, n)]
@@ -621,7 +651,7 @@ def _report_markdown(name, metadata, summary, config, counts, names, accuracy, n
     for c, name in enumerate(names):
         worst = int(off[c].argmax())
         confused = f"{names[worst]} ({int(off[c, worst])}×)" if off[c, worst] > 0 else "—"
-        acc = "—" if np.isnan(per_class[c]) else f"{per_class[c]:.4f}"
+        acc = "—" if np.isnan(per_class[c]) else _pct(per_class[c])
         lines.append(f"| {name} | {acc} | {int(counts[c].sum())} | {confused} |")
     lines += ["", "## Figures", "", note.rstrip("\n")] if note else ["", "## Figures", ""]
     for title, file in figures.items():
@@ -630,3 +660,47 @@ def _report_markdown(name, metadata, summary, config, counts, names, accuracy, n
         lines += ["## Recipe / configuration", "", "```json", json.dumps(config, indent=2, sort_keys=True,
                                                                               default=str), "```", ""]
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def recipe_overrides(config: dict) -> dict[str, tuple]:
+    """{field: (this run's value, the shipped recipe's value)} for each field a run's config changed from the
+    shipped recipe of the same name; {} for a recipe that is not shipped (a .toml file: nothing to compare)."""
+    from digitlab.recipes import load_recipe, recipe_names
+
+    name = config.get("name")
+    if name not in recipe_names():
+        return {}
+    base = json.loads(json.dumps(dataclasses.asdict(load_recipe(name))))  # tuples -> lists, as in config.json
+    return {k: (v, base.get(k)) for k, v in config.items() if k in base and v != base[k]}
+
+
+def _verdict_lines(config: dict, summary: dict, accuracy: float) -> list[str]:
+    """The overrides of the run, and ok / MISSED against the recipe's target as `reproduce` judges it."""
+    from digitlab.recipes import make_recipe
+    from digitlab.reproduce import judge
+
+    try:
+        recipe = make_recipe(config, "config.json")
+    except (ConfigError, TypeError):
+        return []  # no readable recipe (a bare model file): nothing to judge against
+    lines = []
+    overrides = recipe_overrides(config)
+    if overrides:
+        lines += ["## Overrides", "", f"This run changed the recipe `{recipe.name}`:", "",
+                  "| setting | this run | recipe |", "|---|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} | {_fmt(b)} |" for k, (v, b) in overrides.items()]
+        lines.append("")
+    metric = recipe.reported_metric
+    ours = summary.get(metric, accuracy if metric == "test_accuracy" else None)
+    if ours is None:
+        return lines
+    ok, bar, how = judge(recipe, float(ours))
+    what = "test" if metric == "test_accuracy" else "validation"
+    against = f"target ≥ {_pct(bar)}" if how == "target" else how
+    lines += ["## Verdict", "", f"**{'ok' if ok else 'MISSED'}**: {_pct(ours)} {what} accuracy; {against}."]
+    if overrides and bar is not None:
+        lines += ["", "The target is the recipe's as written; with the overrides above it is a reference only."]
+    if recipe.dropout or recipe.shift or recipe.rotate or recipe.scale or recipe.translate:
+        lines += ["", "Train accuracy is measured on the training batches as trained (with dropout / augmentation), "
+                      "so it can sit below test accuracy."]
+    return lines + [""]

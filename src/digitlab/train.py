@@ -405,8 +405,9 @@ def default_run_dir(name: str, root="runs") -> Path:
 
 
 def train_recipe(name, overrides: dict | None = None, out_dir=None, data_dir=None, quiet: bool = True,
-                 resume: bool = False, callback=None, report: bool = True) -> RunResult:
-    """Train recipe `name` (+ overrides) into out_dir; `resume=True` continues the run in out_dir."""
+                 resume: bool = False, callback=None, report: bool = True, log=None) -> RunResult:
+    """Train recipe `name` (+ overrides) into out_dir; `resume=True` continues the run in out_dir.
+    `log(line)` gets one-line notes for a person (where a resumed run continues)."""
     if resume:
         if out_dir is None:
             raise ConfigError("resume needs the run folder to continue (out_dir)")
@@ -425,11 +426,21 @@ def train_recipe(name, overrides: dict | None = None, out_dir=None, data_dir=Non
         if not ckpt.is_file():
             raise TrainingError(f"cannot resume {run_dir}: no {CHECKPOINT} there (it is written after each epoch)")
         state = load_checkpoint(ckpt, model, optimizer, rngs)
+        if log is not None:
+            log(resume_line(run_dir, state, Plan.of(recipe, len(data.train.labels))))
     else:
         state = TrainState()
         atomic_write_text(run_dir / "config.json", json.dumps(dataclasses.asdict(recipe), indent=2) + "\n")
     fit(model, optimizer, data, recipe, state, rngs, run_dir, quiet=quiet, callback=callback)
     return _finish(recipe, data, model, state, run_dir, report)
+
+
+def resume_line(run_dir, state: TrainState, plan: Plan) -> str:
+    """'resuming runs/x at epoch 2 step 377 of 628' (1-based: the next epoch and step to run)."""
+    if state.step >= plan.total:
+        return f"{run_dir} is already complete ({plan.total} steps): nothing to resume"
+    return (f"resuming {run_dir} at epoch {state.epoch + 1} step {state.step + 1} of {plan.total} "
+            f"({plan.epochs} epochs of {plan.per_epoch} steps)")
 
 
 def _refuse_to_overwrite(run_dir: Path) -> None:

@@ -115,7 +115,8 @@ def cmd_train(args) -> int:
     quiet = args.quiet or args.json
     try:
         if args.resume:
-            result = train_recipe(None, None, out_dir=args.resume, data_dir=args.data_dir, quiet=quiet, resume=True)
+            result = train_recipe(None, None, out_dir=args.resume, data_dir=args.data_dir, quiet=quiet, resume=True,
+                                  log=lambda line: print(line, file=sys.stderr))
         else:
             result = train_recipe(args.recipe, overrides, out_dir=args.out, data_dir=args.data_dir, quiet=quiet)
     except TrainingInterrupted as exc:
@@ -171,9 +172,9 @@ def _register_reproduce(sub) -> None:
     p.add_argument("--data-dir", type=str, default=None, help="folder holding the data set files")
     p.add_argument("--out", type=str, default=None,
                    help="folder for the run folders (default: runs/reproduce-<YYYYmmdd-HHMMSS>)")
-    p.add_argument("--quiet", action="store_true", default=False, help="no progress bars")
+    p.add_argument("--quiet", action="store_true", default=False, help="no progress line per recipe")
     p.add_argument("--report", action="store_true", default=False,
-                   help="also write each run's plots and report.md (slower)")
+                   help="also write each run's plots, report.md and report.html (slower)")
     p.add_argument("--strict", action="store_true", default=False,
                    help="exit with status 1 when a recipe misses its target (default: just mark it MISSED)")
     add_json_flag(p)
