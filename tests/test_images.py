@@ -515,7 +515,7 @@ def test_files_that_are_not_regular_files_are_refused_without_reading(tmp_path):
 
     fifo = tmp_path / "fifo.png"
     os.mkfifo(fifo)  # nobody writes to it: reading would wait forever
-    with pytest.raises(ImageError, match=r"fifo\.png: not a regular file \(a named pipe \(FIFO\)\)"):
+    with pytest.raises(ImageError, match=r"fifo\.png: not a regular file \(a FIFO \(named pipe\)\)"):
         load_image(fifo)
     with pytest.raises(ImageError, match=r"/dev/zero: not a regular file \(a character device\)"):
         load_image("/dev/zero")

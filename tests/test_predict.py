@@ -279,7 +279,7 @@ def test_cli_refuses_fifos_and_devices_and_goes_on(sample_model_path, tmp_path, 
     code, out, err = run_cli(capsys, "predict", sample_model_path, fifo, "/dev/zero", good, "--json")
     assert code == 1
     fifo_rec, zero_rec, good_rec = json.loads(out)
-    assert fifo_rec["error"] == f"{fifo}: not a regular file (a named pipe (FIFO)); images are read from files only"
+    assert fifo_rec["error"] == f"{fifo}: not a regular file (a FIFO (named pipe)); images are read from files only"
     assert zero_rec["error"].startswith("/dev/zero: not a regular file (a character device)")
     assert good_rec["error"] is None and good_rec["digit"] in range(10)
 

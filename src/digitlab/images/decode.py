@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import stat
 import warnings
 from pathlib import Path
 from typing import Any
@@ -87,34 +86,25 @@ def read_bytes(src: Any, label: str, limit: int = MAX_FILE_BYTES) -> bytes:
     return data
 
 
-_FILE_KINDS = {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
-               stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a directory"}
-
-
 def _read_regular_file(path: Path, label: str, limit: int) -> bytes:
-    try:  # O_NONBLOCK: opening a FIFO must not wait for a writer; the kind is then checked on the open file
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    """At most limit + 1 bytes of a regular file (fsutil.open_regular: a FIFO or device is refused unread)."""
+    from digitlab.fsutil import NotRegularFileError, open_regular
+
+    try:
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > limit:
+                raise ImageError(f"{label}: too large: {size:,} bytes (limit {limit:,} bytes)")
+            return f.read(limit + 1)
     except FileNotFoundError:
         raise ImageError(f"{label}: no such file") from None
     except IsADirectoryError:
         raise ImageError(f"{label}: is a directory, not an image") from None
+    except NotRegularFileError as exc:  # strerror: "is a FIFO (named pipe), not a regular file"
+        kind = exc.strerror.removeprefix("is ").removesuffix(", not a regular file")
+        raise ImageError(f"{label}: not a regular file ({kind}); images are read from files only") from None
     except OSError as exc:
         raise ImageError(f"{label}: cannot read: {exc.strerror or exc}") from None
-    try:
-        info = os.fstat(fd)
-        kind = stat.S_IFMT(info.st_mode)
-        if kind == stat.S_IFDIR:
-            raise ImageError(f"{label}: is a directory, not an image")
-        if kind != stat.S_IFREG:
-            raise ImageError(f"{label}: not a regular file ({_FILE_KINDS.get(kind, 'a special file')}); images are read from files only")
-        if info.st_size > limit:
-            raise ImageError(f"{label}: too large: {info.st_size:,} bytes (limit {limit:,} bytes)")
-        with os.fdopen(os.dup(fd), "rb") as f:
-            return f.read(limit + 1)
-    except OSError as exc:
-        raise ImageError(f"{label}: cannot read: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
 
 
 def _check_size(size: tuple[int, int], label: str, max_pixels: int, decoded: tuple[int, int] | None = None) -> None:
