@@ -49,6 +49,7 @@ from digitlab.nn.layers import Dropout, Sequential
 from digitlab.nn.losses import get_loss
 from digitlab.nn.model import Classifier
 from digitlab.nn.optim import SGD, Adam, make_schedule, onecycle_beta1
+from digitlab.nn.shards import Shards, check_shardable
 from digitlab.recipes import DEFAULT_RECIPE, Recipe, architecture_of, load_recipe, make_recipe
 
 HISTORY_COLUMNS = ("epoch", "step", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
@@ -121,6 +122,10 @@ def build_model(recipe: Recipe, n_classes: int, class_names, rngs: dict, input_s
     for layer in net.layers:
         if isinstance(layer, Dropout):  # dropout draws from its own stream, saved in checkpoints
             layer.rng = rngs["noise"]
+    try:
+        check_shardable(net, recipe.shards)
+    except ConfigError as exc:
+        raise ConfigError(f"recipe {recipe.name!r}: {exc}") from None
     return Classifier(net, recipe.loss, recipe.normalization, class_names, input_shape=list(input_shape))
 
 
@@ -170,20 +175,17 @@ def _epoch_batches(recipe: Recipe, plan: Plan, train: Split, full_x, epoch: int,
 
 
 # ------------------------------------------------------------------------------------------------ fit
-def train_step(model: Classifier, optimizer, x, y, lr: float, loss_fn=None, arrays=None) -> tuple[float, int]:
+def train_step(model: Classifier, optimizer, x, y, lr: float, loss_fn=None, arrays=None,
+               shards: Shards | None = None) -> tuple[float, int]:
     """One optimizer step on the batch (x, y) at learning rate lr; returns (mean loss, correct predictions).
     A non-finite loss returns before anything is updated (the caller stops the run). `arrays`: the network's
-    (parameters(), grads()) lists, for a caller that makes them once (fit)."""
+    (parameters(), grads()) lists, for a caller that makes them once (fit). `shards`: the network's
+    data-parallel replicas (digitlab.nn.shards), when the recipe splits each batch."""
     net = model.net
-    scores = net.forward(x)  # (B, *input_shape) -> (B, C)
-    correct = int(np.count_nonzero(scores.argmax(axis=1) == y))
-    loss, dscores = (loss_fn or model.loss)(scores, y, out=scores)  # gradient written over the scores
+    fold = optimizer.folds_lr  # plain SGD: scale the gradient once, then W -= dW in one pass
+    loss, correct = (shards or Shards(net)).step(x, y, loss_fn or model.loss, lr if fold else 1.0)
     if not math.isfinite(loss):
         return loss, correct
-    fold = optimizer.folds_lr  # plain SGD: scale the gradient once, then W -= dW in one pass
-    if fold:
-        dscores *= lr  # (B, C)
-    net.backward(dscores)
     params, grads = arrays or (net.parameters(), net.grads())
     optimizer.step(params, grads, 1.0 if fold else lr)
     return loss, correct
@@ -212,7 +214,7 @@ def fit(model: Classifier, optimizer, data: RunData, recipe: Recipe, state: Trai
     # A diverging run overflows a step or two before its loss turns non-finite; rather than a flood of
     # RuntimeWarnings, every step's loss is checked and a non-finite one stops training with a TrainingError.
     with _sigint_deferred() as ctrl_c, np.errstate(over="ignore", invalid="ignore"), bar, \
-            _blas_threads(recipe, plan, model.net):
+            _blas_threads(recipe, plan, model.net), Shards(model.net, recipe.shards) as shards:
         try:
             while state.epoch < plan.epochs:
                 rngs["order"].bit_generator.state = state.order_rng  # replay this epoch's order
@@ -222,7 +224,7 @@ def fit(model: Classifier, optimizer, data: RunData, recipe: Recipe, state: Trai
                 t0 = time.perf_counter() - state.seconds
                 for x, y in epoch_batches:
                     lr = schedule(state.step)
-                    loss, correct = train_step(model, optimizer, x, y, lr, loss_fn, arrays)
+                    loss, correct = train_step(model, optimizer, x, y, lr, loss_fn, arrays, shards)
                     if not math.isfinite(loss):
                         raise _diverged(f"loss became {'NaN' if math.isnan(loss) else 'infinite'} at epoch "
                                         f"{state.epoch + 1} step {state.step + 1}", lr, run_dir)
@@ -249,11 +251,12 @@ def fit(model: Classifier, optimizer, data: RunData, recipe: Recipe, state: Trai
 
 
 def _blas_threads(recipe: Recipe, plan: Plan, net: Sequential):
-    """Limit BLAS threads for the run: recipe.threads, or 1 when each step's matrix products are tiny."""
+    """Limit BLAS threads for the run: recipe.threads, or 1 when each step's matrix products are tiny or the
+    batch is split into shards (each shard's thread makes its own products)."""
     from threadpoolctl import threadpool_limits
 
     macs = plan.batch_size * net.macs()  # per forward pass
-    threads = recipe.threads or (1 if macs < SMALL_STEP_MACS else None)
+    threads = recipe.threads or (1 if macs < SMALL_STEP_MACS or recipe.shards > 1 else None)
     return threadpool_limits(threads, user_api="blas") if threads else contextlib.nullcontext()
 
 

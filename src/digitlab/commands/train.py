@@ -84,6 +84,7 @@ TRAIN_OVERRIDES = {
     "dataset": (str, "data set name: mnist, fashion-mnist, mnist-sample"),
     "dtype": (str, "float32 or float64"),
     "threads": (int, "BLAS threads while training (0 = automatic)"),
+    "shards": (int, "split each batch into this many parts trained in parallel threads (1 = none)"),
 }
 
 

@@ -34,6 +34,7 @@ scale and shift).
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -53,6 +54,8 @@ class Layer:
     param_names: tuple[str, ...] = ()
     buffer_names: tuple[str, ...] = ()
     decay_names: tuple[str, ...] = ()
+    # Why the layer cannot run on part of a batch in a data-parallel shard (nn/shards.py), or "" if it can.
+    not_shardable: str = ""
 
     def __init__(self, dtype=np.float32):
         self.dtype = np.dtype(dtype)
@@ -111,6 +114,15 @@ class Layer:
     @classmethod
     def from_spec(cls, spec: dict, rng=None, dtype=np.float32):
         return cls()
+
+    def replica(self) -> "Layer":
+        """A copy sharing the parameters and buffers, with its own gradients, caches and workspace."""
+        new = copy.copy(self)
+        for name in self.param_names:
+            grad = getattr(self, "d" + name)
+            setattr(new, "d" + name, array_module(grad).zeros_like(grad))
+        new.ws = None
+        return new
 
     def _buf(self, key, shape, dtype, xp, train=True, zero=False):
         """A workspace array in training (reused while shape and dtype stay), a fresh one otherwise.
@@ -520,6 +532,7 @@ class BatchNorm(Layer):
 
     param_names = ("gamma", "beta")
     buffer_names = ("running_mean", "running_var")
+    not_shardable = "its statistics are over the whole batch"
 
     def __init__(self, momentum: float = 0.9, eps: float = 1e-5, dtype=np.float32):
         super().__init__(dtype)
@@ -683,6 +696,8 @@ class Dropout(Layer):
     value is dropped when its bits are below round(p * 2^32), i.e. with probability p to within 2^-33.
     """
 
+    not_shardable = "its masks come from one random stream in batch order"
+
     def __init__(self, p: float = 0.5, rng: np.random.Generator | None = None, dtype=np.float32):
         super().__init__(dtype)
         if not 0.0 <= float(p) < 1.0:
@@ -755,11 +770,22 @@ class Sequential:
         self.output_shape = shape
         params = self.parameters()
         self.dtype = params[0].dtype if params else np.dtype(np.float32)   # fixed: load_state_dict keeps it
+        self._own_workspace()
+        first = next((i for i, l in enumerate(self.layers) if l.param_names), len(self.layers))
+        self._first_param = first   # layers up to and including this one need no input gradient
+
+    def _own_workspace(self) -> None:
         self.workspace: dict[int, dict] = {i: {} for i in range(len(self.layers))}
         for i, layer in enumerate(self.layers):
             layer.ws = self.workspace[i]
-        first = next((i for i, l in enumerate(self.layers) if l.param_names), len(self.layers))
-        self._first_param = first   # layers up to and including this one need no input gradient
+
+    def replica(self) -> "Sequential":
+        """A network sharing this one's parameters and buffers, with its own gradients, caches and workspace
+        (one per data-parallel shard: digitlab.nn.shards)."""
+        net = copy.copy(self)
+        net.layers = [layer.replica() for layer in self.layers]
+        net._own_workspace()
+        return net
 
     # -- computation ----------------------------------------------------------------------------------
     def forward(self, x, train: bool = True):

@@ -109,7 +109,10 @@ class Recipe:
     seed: int = 0  # one seed for init, validation split, order, shifts and dropout
     checkpoint_every: int = 1  # write checkpoint.safetensors every this many epochs (and at the end)
     threads: int = 0  # BLAS threads while training; 0 = automatic: 1 when each step's products are small
-    #                   (< 12M multiply-adds: threads gain little there and thrash on a busy machine), else BLAS's own
+    #                   (< 12M multiply-adds: threads gain little there and thrash on a busy machine) or the batch
+    #                   is split into shards, else BLAS's own
+    shards: int = 1  # split each batch into this many parts run in parallel threads (digitlab.nn.shards); the
+    #                  result depends on it (float rounding), not on the machine; needs no BatchNorm or Dropout
     # --- what the notebook reported ---
     reported_metric: str = "test_accuracy"
     reported: float | None = None  # 0..1, None when the notebook gave no final figure
@@ -237,6 +240,7 @@ def _validate(r: Recipe, label: str) -> None:
         (0.0 < r.test_fraction < 1.0, "test_fraction must be between 0 and 1"),
         (r.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
         (r.threads >= 0, "threads must be >= 0 (0 = automatic)"),
+        (1 <= r.shards <= 64, f"shards must be 1..64, got {r.shards}"),
         (r.weight_decay >= 0, "weight_decay must be >= 0"),
         (0.0 <= r.beta1 < 1.0 and 0.0 <= r.beta2 < 1.0, "beta1 and beta2 must be in [0, 1)"),
         (r.warmup_steps >= 0, "warmup_steps must be >= 0"),

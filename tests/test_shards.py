@@ -1,0 +1,151 @@
+"""Data-parallel training steps (digitlab.nn.shards): the same gradient as one pass, replicas that share the
+parameters, refusals for layers that cannot be split, and the recipe setting wired through fit()."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info
+
+from digitlab.errors import ConfigError
+from digitlab.nn import BatchNorm, Conv2D, Dropout, Flatten, Linear, MaxPool2D, ReLU, Sequential, get_loss
+from digitlab.nn.shards import Shards
+from digitlab.recipes import load_recipe
+from digitlab.train import train_recipe
+
+from conftest import SAMPLE_CNN
+
+
+def _cnn(dtype=np.float64, seed=0):
+    rng = np.random.default_rng(seed)
+    layers = [Conv2D(4, 3, dtype=dtype), MaxPool2D(2, dtype=dtype), ReLU(dtype=dtype), Flatten(dtype=dtype),
+              Linear(out_features=5, dtype=dtype)]
+    return Sequential(layers, input_shape=(9, 9), rng=rng)
+
+
+def _batch(n, seed=1):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 9, 9)), rng.integers(0, 5, n)
+
+
+def _one_pass(net, x, y, loss_fn, scale=1.0):
+    scores = net.forward(x)
+    correct = int((scores.argmax(axis=1) == y).sum())
+    loss, d = loss_fn(scores, y)
+    net.backward(d * scale)
+    return loss, correct, [g.copy() for g in net.grads()]
+
+
+@pytest.mark.parametrize("n_shards, batch", [(2, 16), (3, 7), (2, 1), (4, 3)])
+@pytest.mark.parametrize("loss_name, smoothing", [("softmax_ce", 0.0), ("softmax_ce", 0.1), ("softmax_mse", 0.0)])
+def test_a_sharded_step_gives_the_gradient_loss_and_count_of_one_pass(n_shards, batch, loss_name, smoothing):
+    loss_fn = get_loss(loss_name, smoothing)
+    x, y = _batch(batch)
+    loss, correct, grads = _one_pass(_cnn(), x, y, loss_fn, scale=0.5)
+    net = _cnn()
+    with Shards(net, n_shards) as shards:
+        for _ in range(2):  # a second step overwrites the first one's gradients (nothing accumulates)
+            got_loss, got_correct = shards.step(x, y, loss_fn, scale=0.5)
+    assert got_loss == pytest.approx(loss, rel=1e-12)
+    assert got_correct == correct
+    for got, want in zip(net.grads(), grads):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-13)
+
+
+def test_replicas_share_parameters_and_own_gradients_and_workspace():
+    net = _cnn()
+    replica = net.replica()
+    for p, q in zip(net.parameters(), replica.parameters()):
+        assert p is q                                   # one set of weights: the optimizer updates both
+    for g, h in zip(net.grads(), replica.grads()):
+        assert g is not h and not np.shares_memory(g, h)
+    assert all(a.ws is not b.ws for a, b in zip(net.layers, replica.layers))
+    x, _ = _batch(4)
+    out = net.forward(x)
+    out_replica = replica.forward(x)
+    assert not np.shares_memory(out, out_replica)       # own workspace: one shard never overwrites another's
+    np.testing.assert_array_equal(out, out_replica)
+
+
+def test_the_shards_run_in_parallel_threads():
+    """Each extra shard runs in its own thread while the caller's thread runs the first."""
+    seen = set()
+    net = _cnn()
+    forward = Sequential.forward
+
+    def spy(self, x, train=True):
+        seen.add(threading.current_thread().name)
+        return forward(self, x, train)
+
+    with Shards(net, 3) as shards:
+        for replica in shards.nets:
+            replica.forward = spy.__get__(replica)
+        shards.step(*_batch(9), get_loss("softmax_ce"))
+    assert threading.current_thread().name in seen
+    assert len([name for name in seen if name.startswith("digitlab-shard")]) == 2
+
+
+@pytest.mark.parametrize("layer, word", [(BatchNorm(), "BatchNorm"), (Dropout(0.2), "Dropout")])
+def test_layers_that_mix_a_batch_or_draw_random_numbers_are_refused(layer, word):
+    net = Sequential([Flatten(), Linear(out_features=8), layer, ReLU(), Linear(out_features=3)], input_shape=(4, 4),
+                     rng=np.random.default_rng(0))
+    with pytest.raises(ConfigError, match=f"layer 2 \\({word}"):
+        Shards(net, 2)
+    assert len(Shards(net, 1)) == 1                     # one shard is the plain step: fine
+    with pytest.raises(ConfigError, match="shards must be >= 1"):
+        Shards(net, 0)
+
+
+def test_recipes_check_shards_before_any_run_folder_is_written(tmp_path):
+    with pytest.raises(ConfigError, match="shards must be 1..64"):
+        load_recipe("cnn-fast", {"shards": 0})
+    with pytest.raises(ConfigError, match="recipe 'mlp'.*Dropout"):
+        train_recipe("mlp", {"dataset": "mnist-sample", "dropout": 0.2, "shards": 2, "epochs": 1},
+                     out_dir=tmp_path / "run", quiet=True, report=False)
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+SHARDED = {**SAMPLE_CNN, "epochs": 1, "steps": 40, "shards": 2}
+
+
+def test_fit_splits_batches_as_the_recipe_says_on_one_blas_thread(tmp_path):
+    seen = {}
+
+    def look(state, model):
+        if state.step == 1:
+            seen["threads"] = {t.name for t in threading.enumerate()}
+            seen["blas"] = {info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}
+
+    train_recipe("cnn", SHARDED, out_dir=tmp_path / "run", quiet=True, report=False, callback=look)
+    assert any(name.startswith("digitlab-shard") for name in seen["threads"])
+    assert seen["blas"] == {1}
+    assert not any(t.name.startswith("digitlab-shard") for t in threading.enumerate())   # closed after the run
+
+
+def test_sharded_training_learns_is_deterministic_and_close_to_one_pass(tmp_path):
+    a = train_recipe("cnn", SHARDED, out_dir=tmp_path / "a", quiet=True, report=False)
+    b = train_recipe("cnn", SHARDED, out_dir=tmp_path / "b", quiet=True, report=False)
+    one = train_recipe("cnn", {**SHARDED, "shards": 1}, out_dir=tmp_path / "one", quiet=True, report=False)
+    for k, v in a.model.net.state_dict().items():
+        np.testing.assert_array_equal(v, b.model.net.state_dict()[k], err_msg=k)   # thread timing plays no part
+        np.testing.assert_allclose(v, one.model.net.state_dict()[k], atol=2e-3, err_msg=k)   # rounding only
+    assert a.test_accuracy > 0.8
+    assert abs(a.test_accuracy - one.test_accuracy) < 0.02
+
+
+def test_a_sharded_run_resumes_bit_identically(tmp_path):
+    straight = train_recipe("cnn", {**SHARDED, "steps": 0, "epochs": 2, "order": "shuffle"},
+                            out_dir=tmp_path / "a", quiet=True, report=False)
+
+    def stop(state, model):
+        if state.step == 170:  # mid second epoch (157 steps of 64 per epoch)
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_recipe("cnn", {**SHARDED, "steps": 0, "epochs": 2, "order": "shuffle"}, out_dir=tmp_path / "b",
+                     quiet=True, report=False, callback=stop)
+    resumed = train_recipe(None, out_dir=tmp_path / "b", quiet=True, resume=True, report=False)
+    for k, v in straight.model.net.state_dict().items():
+        np.testing.assert_array_equal(v, resumed.model.net.state_dict()[k], err_msg=k)
