@@ -70,21 +70,22 @@ def test_replicas_share_parameters_and_own_gradients_and_workspace():
 
 
 def test_the_shards_run_in_parallel_threads():
-    """Each extra shard runs in its own thread while the caller's thread runs the first."""
-    seen = set()
+    """The first part runs in the caller's thread, every other part in one of the shard threads."""
+    seen = {}
     net = _cnn()
     forward = Sequential.forward
 
     def spy(self, x, train=True):
-        seen.add(threading.current_thread().name)
+        seen[id(self)] = threading.current_thread().name
         return forward(self, x, train)
 
     with Shards(net, 3) as shards:
         for replica in shards.nets:
             replica.forward = spy.__get__(replica)
         shards.step(*_batch(9), get_loss("softmax_ce"))
-    assert threading.current_thread().name in seen
-    assert len([name for name in seen if name.startswith("digitlab-shard")]) == 2
+        names = [seen[id(replica)] for replica in shards.nets]
+    assert names[0] == threading.current_thread().name
+    assert all(name.startswith("digitlab-shard") for name in names[1:])
 
 
 @pytest.mark.parametrize("layer, word", [(BatchNorm(), "BatchNorm"), (Dropout(0.2), "Dropout")])
@@ -149,3 +150,31 @@ def test_a_sharded_run_resumes_bit_identically(tmp_path):
     resumed = train_recipe(None, out_dir=tmp_path / "b", quiet=True, resume=True, report=False)
     for k, v in straight.model.net.state_dict().items():
         np.testing.assert_array_equal(v, resumed.model.net.state_dict()[k], err_msg=k)
+
+
+# -- inference: chunks scored side by side ---------------------------------------------------------------------
+def test_inference_chunks_run_in_threads_and_give_the_same_scores(sample_cnn):
+    from digitlab.data.dataset import load_dataset
+
+    model = sample_cnn.model
+    images = load_dataset("mnist-sample", quiet=True).test.images[:300]
+    model.inference_threads = 1
+    one = model.scores(images, batch_size=64)
+    seen = set()
+    forward = model.net.forward
+
+    def spy(x, train=True):
+        seen.add(threading.current_thread().name)
+        return forward(x, train)
+
+    model.net.forward = spy
+    try:
+        for threads in (2, 3):
+            model.inference_threads = threads
+            np.testing.assert_array_equal(model.scores(images, batch_size=64), one)   # same chunks, same order
+    finally:
+        del model.net.forward
+        model.inference_threads = 0
+    assert len({name for name in seen if name.startswith("digitlab-infer")}) >= 2
+    assert one.shape == (300, 10)
+    np.testing.assert_array_equal(one[:64], model.scores(images[:64]))    # a chunk alone gives the same rows

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,18 @@ def _input_shape(shape, net: Sequential) -> list[int]:
     return list(shape)
 
 
+def _map_chunks(fn, starts, threads: int = 0) -> list:
+    """[fn(s) for s in starts] over up to `threads` threads (0: one per CPU this process may use). NumPy's loops
+    and BLAS release the GIL, so chunks run side by side; a chunk's result does not depend on the thread."""
+    starts = list(starts)
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = min(len(starts), threads or usable)
+    if threads <= 1:
+        return [fn(s) for s in starts]
+    with ThreadPoolExecutor(threads, thread_name_prefix="digitlab-infer") as pool:
+        return list(pool.map(fn, starts))
+
+
 class Classifier:
     """A trained (or freshly built) network with everything needed to turn images into class scores."""
 
@@ -81,6 +94,7 @@ class Classifier:
             raise ConfigError(f"{len(self.class_names)} class_names for a network with {n_out} outputs")
         self.input_shape = _input_shape(input_shape, net)
         self.metadata = dict(metadata or {})
+        self.inference_threads = 0  # chunks scored side by side in this many threads (0: one per usable CPU)
 
     @property
     def loss_name(self) -> str:
@@ -125,20 +139,20 @@ class Classifier:
         batch_size = batch_size or self.inference_chunk()
         folded = self._folded_input_layer() if x.dtype == np.uint8 else None
         rest = self.net.layers[self._first_linear() + 1:] if folded is not None else []
-        parts = []
-        for i in range(0, max(x.shape[0], 1), batch_size):
+
+        def chunk_scores(i):
+            chunk = x[i:i + batch_size]
             if folded is None:
-                parts.append(self.net.forward(normalize(x[i:i + batch_size], self.normalization, self.net.dtype),
-                                              train=False))
-                continue
+                return self.net.forward(normalize(chunk, self.normalization, self.net.dtype), train=False)
             W, b = folded
             xp = array_module(W)                                   # the network's array module
-            chunk = x[i:i + batch_size]
             h = xp.matmul(xp.asarray(chunk.reshape(len(chunk), -1), dtype=W.dtype), W)  # (B, in) @ (in, H)
             h += b
             for layer in rest:
                 h = layer.forward(h, train=False)
-            parts.append(h)
+            return h
+
+        parts = _map_chunks(chunk_scores, range(0, max(x.shape[0], 1), batch_size), self.inference_threads)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _first_linear(self) -> int | None:
