@@ -337,21 +337,29 @@ def plot_filters(model, out, max_filters: int = MAX_UNITS) -> Plot:
     return _save(fig, "filters", out)
 
 
-def feature_maps(model, image) -> list[tuple[str, np.ndarray]]:
-    """[(label, (H, W, F) maps)]: the output of each Conv2D layer for one image (uint8 28x28 or floats in
-    [0, 1]), in inference mode."""
+def feature_maps(model, image, layers: int | None = None) -> list[tuple[str, np.ndarray]]:
+    """[(label, (H, W, F) maps)]: the raw output of each Conv2D layer (of the first `layers` of them; None: all)
+    for one image (uint8 28x28 or floats in [0, 1]), in inference mode (fresh buffers, no training caches)."""
     from digitlab.nn.backend import to_numpy
 
     convs = dict(conv_layers(model))
     if not convs:
         raise DigitlabError("this model has no convolution layer, so no feature maps to draw")
+    last = sorted(convs)[: layers or len(convs)][-1]  # index of the last conv layer to run to
     h = model.prepare(np.asarray(image)[None])  # (1, *input_shape), normalised like training
     maps = []
-    for i, layer in enumerate(model.net.layers[: max(convs) + 1]):
+    for i, layer in enumerate(model.net.layers[: last + 1]):
         h = layer.forward(h, train=False)
         if i in convs:
             maps.append((f"layer {i}: Conv2D {layer.filters}@{layer.kernel}x{layer.kernel}", to_numpy(h[0])))
     return maps
+
+
+def scale_maps(maps: np.ndarray) -> np.ndarray:
+    """(F, H, W) maps -> float32 (F, H, W), each scaled by its own min and max to [0, 1] (a flat map is all 0)."""
+    maps = np.asarray(maps, dtype=np.float32)
+    lo, hi = maps.min(axis=(1, 2), keepdims=True), maps.max(axis=(1, 2), keepdims=True)  # (F, 1, 1)
+    return (maps - lo) / np.where(hi > lo, hi - lo, 1.0)
 
 
 def plot_activations(model, image, out, max_maps: int = MAX_MAPS, title: str = "") -> Plot:
@@ -365,9 +373,7 @@ def plot_activations(model, image, out, max_maps: int = MAX_MAPS, title: str = "
     ax.set_title("input", fontsize=10)
     _bare(ax)
     for r, (label, m) in enumerate(maps, 1):
-        tiles = m.transpose(2, 0, 1)[:max_maps]  # (H, W, F) -> (F', H, W)
-        lo, hi = tiles.min(axis=(1, 2), keepdims=True), tiles.max(axis=(1, 2), keepdims=True)
-        tiles = (tiles - lo) / np.where(hi > lo, hi - lo, 1.0)  # each map in [0, 1]
+        tiles = scale_maps(m.transpose(2, 0, 1)[:max_maps])  # (H, W, F) -> (F', H, W), each map in [0, 1]
         ax = fig.add_axes((0.02, 1 - 0.9 * (r + 1) / rows - 0.02, 0.96, 0.9 / rows - 0.04))
         ax.imshow(_montage(tiles, min(16, len(tiles)), 1, 0, 0.0), cmap="gray_r", vmin=0.0, vmax=1.0,
                   interpolation="nearest")
