@@ -501,6 +501,43 @@ def test_a_cnn_shows_its_first_layer_feature_maps_and_an_mlp_does_not(page):
     expect(page.locator("#answer-digit")).to_have_text("1", timeout=15_000)
 
 
+def test_a_run_report_html_opens_on_its_own(browser, sample_model):
+    """report.html from file://: every figure decodes, no console errors, no request for anything but the page."""
+    from playwright.sync_api import expect
+
+    from digitlab import plots
+
+    report = sample_model.model_path.parent / "report.html"
+    figures = re.findall(r"^!\[[^]]*\]\(([^)]+\.png)\)$", (report.parent / "report.md").read_text(), re.M)
+    context = browser.new_context(viewport={"width": 1000, "height": 760})
+    pg = context.new_page()
+    problems, requests = [], []
+    pg.on("pageerror", lambda exc: problems.append(str(exc)))
+    pg.on("console", lambda msg: problems.append(msg.text) if msg.type in ("error", "warning") else None)
+    pg.on("request", lambda req: None if req.url.startswith("data:") else requests.append(req.url))
+    try:
+        pg.goto(report.as_uri())
+        pg.wait_for_function("Array.from(document.images).every(img => img.complete)")
+        shown = pg.eval_on_selector_all("img", "imgs => imgs.map(i => [i.naturalWidth, i.naturalHeight, i.alt])")
+        assert len(figures) >= 3 and len(shown) == len(figures)
+        kinds = {"curves.png": "curves", "weights.png": "units", "confusion.png": "confusion",
+                 "mistakes.png": "mistakes"}  # an MLP's weights.png is its first-layer units
+        assert [tuple(s[:2]) for s in shown] == [plots.FIGURE_PIXELS[kinds[f]] for f in figures]
+        expect(pg.locator("h1")).to_have_text(f"Run report: {report.parent.name}")
+        headings = pg.locator("h2").all_text_contents()
+        for heading in ("Verdict", "Metrics", "Per-class accuracy (test set)", "Figures"):
+            assert heading in headings, headings
+        verdict = pg.locator("h2:text-is('Verdict') + p").text_content()
+        assert re.match(r"^(ok|MISSED): \d+\.\d\d % test accuracy; target ≥ \d+\.\d\d %\.$", verdict), verdict
+        assert pg.locator("table").count() >= 2
+        ARTIFACTS.mkdir(exist_ok=True)
+        pg.screenshot(path=str(ARTIFACTS / "report-html.png"), full_page=True)
+    finally:
+        context.close()
+    assert problems == [], f"errors on the report page: {problems}"
+    assert requests == [report.as_uri()], f"the report asked for more than itself: {requests}"
+
+
 def test_api_docs_render_offline(browser, server_url):
     """/docs is Swagger UI from our own /docs-static/ files (no CDN: chromium runs without background networking)."""
     from playwright.sync_api import expect
