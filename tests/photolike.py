@@ -215,6 +215,22 @@ def train_sample_model(out_dir: Path) -> Path:
                              report=False).model_path)
 
 
+# A small CNN for tests of what the page shows of a CNN: conv 6@5x5 -> maxpool -> ReLU -> 10 classes.
+SMALL_CNN = {"dataset": "mnist-sample", "epochs": 1, "batch_size": 64, "optimizer": "adam", "lr": 0.003,
+             "schedule": "constant", "shift": 0, "rotate": 0.0, "scale": 0.0, "translate": 0.0,
+             "architecture": [{"type": "Conv2D", "filters": 6, "kernel": 5}, {"type": "MaxPool2D", "pool": 2},
+                              {"type": "ReLU"}, {"type": "Flatten"}, {"type": "Linear", "out": 10}]}
+
+
+def train_sample_cnn(out_dir: Path) -> Path:
+    """A small CNN (SMALL_CNN) trained for one epoch on the bundled mnist-sample (a few seconds): its first layer is
+    a Conv2D, so the page and the API show its feature maps."""
+    from digitlab.train import train_recipe
+
+    return Path(train_recipe("cnn", overrides=SMALL_CNN, out_dir=Path(out_dir) / "cnn-run", quiet=True,
+                             report=False).model_path)
+
+
 def _main(argv: list[str]) -> int:
     import gzip
 

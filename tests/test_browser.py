@@ -40,13 +40,13 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """A runs folder: the sample-trained model (served) and a second, linear one to switch to."""
+    """A runs folder: the sample-trained MLP (served), an untrained linear model and a small sample-trained CNN."""
     import sys
 
     from digitlab.nn.model import Classifier, build_linear
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from photolike import train_sample_model
+    from photolike import train_sample_cnn, train_sample_model
 
     folder = tmp_path_factory.mktemp("runs")
     served = train_sample_model(folder)  # folder/sample-run/model.safetensors
@@ -54,6 +54,7 @@ def runs(tmp_path_factory):
     other.parent.mkdir()
     net = build_linear(784, 10, init="glorot_normal", rng=np.random.default_rng(0))
     Classifier(net).save(other, recipe="linear", dataset="mnist-sample", metrics={"test_accuracy": 0.5})
+    train_sample_cnn(folder)  # folder/cnn-run/model.safetensors
     return folder, served
 
 
@@ -445,7 +446,9 @@ def test_the_model_can_be_switched(page):
     select = page.locator("#model-select")
     assert select.is_enabled()
     options = page.eval_on_selector_all("#model-select option", "os => os.map(o => [o.value, o.textContent])")
-    assert [v for v, _ in options] == ["sample-run", "linear-run"] and "mnist-sample" in options[0][1]
+    ids = [v for v, _ in options]
+    assert sorted(ids) == ["cnn-run", "linear-run", "sample-run"] and ids[-1] == "linear-run"  # most accurate first
+    assert select.input_value() == "sample-run" and "mnist-sample" in options[0][1]
     draw_one(page)
     expect(page.locator("#answer-digit")).to_have_text("1", timeout=15_000)
     with page.expect_request("**/api/predict?model=linear-run") as request:
@@ -456,6 +459,83 @@ def test_the_model_can_be_switched(page):
     expect(page.locator("#template-figure")).to_be_visible(timeout=15_000)
     select.select_option("sample-run")
     expect(page.locator("#template-figure")).to_be_hidden(timeout=15_000)
+
+
+READ_FEATURES = """c => {
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    return {width: c.width, height: c.height, red: Array.from(d.filter((_, i) => i % 4 === 0)),
+            alpha: Array.from(d.filter((_, i) => i % 4 === 3))};
+}"""
+
+
+def test_a_cnn_shows_its_first_layer_feature_maps_and_an_mlp_does_not(page):
+    """The CNN's answer comes with its first conv layer's maps, painted as one montage (6 maps of 24x24 in a row,
+    one transparent pixel between them), grey level = the API's value; the MLP's figure stays hidden."""
+    from playwright.sync_api import expect
+
+    figure = page.locator("#features-figure")
+    draw_one(page)
+    expect(page.locator("#answer-digit")).to_have_text("1", timeout=15_000)
+    assert figure.is_hidden()  # the served MLP has no conv layer
+    with page.expect_response(lambda r: "/api/predict?model=cnn-run" in r.url) as response:
+        page.locator("#model-select").select_option("cnn-run")
+    maps = np.array(response.value.json()["features"])  # (6, 24, 24)
+    assert maps.shape == (6, 24, 24)
+    expect(figure).to_be_visible(timeout=15_000)
+    expect(figure).to_contain_text("What the first layer sees (6 maps, 24×24)")
+    shown = page.eval_on_selector("#features", READ_FEATURES)
+    assert (shown["width"], shown["height"]) == (6 * 25 - 1, 24)
+    red = np.array(shown["red"]).reshape(24, -1)  # (24, 149)
+    alpha = np.array(shown["alpha"]).reshape(24, -1)
+    tiles = np.stack([red[:, k * 25 : k * 25 + 24] for k in range(6)])  # (6, 24, 24)
+    assert np.abs(tiles - np.round(255 * maps)).max() <= 1
+    assert np.all(alpha[:, 24::25] == 0) and np.all(np.delete(alpha, np.s_[24::25], axis=1) == 255)
+    # the montage is laid out in the answer card, below the bars, and is drawn big enough to see
+    box, bars = figure.bounding_box(), page.locator("#bars").bounding_box()
+    canvas = page.locator("#features").bounding_box()
+    assert box["y"] > bars["y"] + bars["height"] and canvas["width"] >= 2 * shown["width"]
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web-cnn-feature-maps.png"), full_page=True)
+    page.locator("#model-select").select_option("sample-run")
+    expect(figure).to_be_hidden(timeout=15_000)
+    expect(page.locator("#answer-digit")).to_have_text("1", timeout=15_000)
+
+
+def test_a_run_report_html_opens_on_its_own(browser, sample_model):
+    """report.html from file://: every figure decodes, no console errors, no request for anything but the page."""
+    from playwright.sync_api import expect
+
+    from digitlab import plots
+
+    report = sample_model.model_path.parent / "report.html"
+    figures = re.findall(r"^!\[[^]]*\]\(([^)]+\.png)\)$", (report.parent / "report.md").read_text(), re.M)
+    context = browser.new_context(viewport={"width": 1000, "height": 760})
+    pg = context.new_page()
+    problems, requests = [], []
+    pg.on("pageerror", lambda exc: problems.append(str(exc)))
+    pg.on("console", lambda msg: problems.append(msg.text) if msg.type in ("error", "warning") else None)
+    pg.on("request", lambda req: None if req.url.startswith("data:") else requests.append(req.url))
+    try:
+        pg.goto(report.as_uri())
+        pg.wait_for_function("Array.from(document.images).every(img => img.complete)")
+        shown = pg.eval_on_selector_all("img", "imgs => imgs.map(i => [i.naturalWidth, i.naturalHeight, i.alt])")
+        assert len(figures) >= 3 and len(shown) == len(figures)
+        kinds = {"curves.png": "curves", "weights.png": "units", "confusion.png": "confusion",
+                 "mistakes.png": "mistakes"}  # an MLP's weights.png is its first-layer units
+        assert [tuple(s[:2]) for s in shown] == [plots.FIGURE_PIXELS[kinds[f]] for f in figures]
+        expect(pg.locator("h1")).to_have_text(f"Run report: {report.parent.name}")
+        headings = pg.locator("h2").all_text_contents()
+        for heading in ("Verdict", "Metrics", "Per-class accuracy (test set)", "Figures"):
+            assert heading in headings, headings
+        verdict = pg.locator("h2:text-is('Verdict') + p").text_content()
+        assert re.match(r"^(ok|MISSED): \d+\.\d\d % test accuracy; target ≥ \d+\.\d\d %\.$", verdict), verdict
+        assert pg.locator("table").count() >= 2
+        ARTIFACTS.mkdir(exist_ok=True)
+        pg.screenshot(path=str(ARTIFACTS / "report-html.png"), full_page=True)
+    finally:
+        context.close()
+    assert problems == [], f"errors on the report page: {problems}"
+    assert requests == [report.as_uri()], f"the report asked for more than itself: {requests}"
 
 
 def test_api_docs_render_offline(browser, server_url):

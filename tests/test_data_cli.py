@@ -76,7 +76,7 @@ def test_show_grid_and_indices(capsys, tmp_path):
     rc, out, _ = run(capsys, "data", "show", "mnist-sample", "--grid", "3", "--scale", "2", "--out", str(out_png))
     assert rc == 0 and out_png.is_file()
     with Image.open(out_png) as img:
-        assert img.size == (3 * (28 * 2 + 2) + 2, 3 * (28 * 2 + 2 + 12) + 2)
+        assert img.size[0] == 3 * (28 * 2 + 2) + 2 and img.size[1] > 3 * (28 * 2 + 2 + 12) + 2  # + label strips
         pixels = np.asarray(img)
     assert pixels.max() == 255  # digits drawn
     rc, out, _ = run(capsys, "data", "show", "mnist-sample", "--split", "train", "--index", "0", "5",
@@ -85,6 +85,36 @@ def test_show_grid_and_indices(capsys, tmp_path):
     ds_labels = __import__("digitlab.data", fromlist=["load"]).load("mnist-sample", "train")[1]
     assert result["indices"] == [0, 5] and result["labels"] == [int(ds_labels[0]), int(ds_labels[5])]
     assert [p.name for p in files_under(tmp_path)] == ["grid.png"]  # atomic write: no temp files
+
+
+@pytest.mark.parametrize("scale", [1, 2, 4])
+def test_show_labels_are_legible_under_their_tiles(tmp_path, scale):
+    """Each label: white text on a dark grey strip under its own tile (never on it), at least 15 % of the tile's
+    height tall (8 px at least). Tiles are drawn black, then white: the pixels that change are the tiles', and on
+    black tiles every bright pixel is label text."""
+    from PIL import Image
+
+    from digitlab.commands.data import LABEL_STRIP, write_grid_png
+
+    tile = 28 * scale
+    sheets = {}
+    for ink in (0, 255):
+        out = tmp_path / f"grid-{ink}.png"
+        write_grid_png(out, np.full((10, 28, 28), ink, np.uint8), np.arange(10), [str(d) for d in range(10)],
+                       cols=10, scale=scale)
+        with Image.open(out) as img:
+            sheets[ink] = np.asarray(img).astype(int)  # (H, W)
+    tiles = sheets[0] != sheets[255]  # (H, W)
+    text = sheets[0] >= 128
+    tile_rows, text_rows = np.flatnonzero(tiles.any(axis=1)), np.flatnonzero(text.any(axis=1))
+    assert len(tile_rows) == tile and text_rows.min() > tile_rows.max(), "a label is drawn over its tile"
+    assert text_rows.max() - text_rows.min() + 1 >= max(8, 0.15 * tile), "labels too small for their tiles"
+    tile_cols = tiles.any(axis=0)
+    assert not np.any(text.any(axis=0) & ~tile_cols), "a label spills past its tile's width"
+    for k in range(10):  # one label under each tile, the strip behind it dark
+        cols = np.flatnonzero(tile_cols)[k * tile : (k + 1) * tile]
+        strip = sheets[0][tile_rows.max() + 1 : text_rows.max() + 1, cols]
+        assert (strip >= 128).any() and np.median(strip) == LABEL_STRIP and LABEL_STRIP <= 64
 
 
 def test_user_errors_are_one_line(capsys, tmp_path):

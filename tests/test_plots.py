@@ -216,6 +216,41 @@ def test_cli_confusion_counts_match_a_direct_computation(sample_model, mnist_tes
     assert np.trace(counts) / len(labels) == pytest.approx(float((predicted == labels).mean()))
 
 
+def test_confusion_errors_are_readable_next_to_a_near_perfect_diagonal(tmp_path):
+    """Row-normalised panel of a 99 %-right matrix: a 0.1 % and a 2 % confusion are clearly coloured (on the errors'
+    own scale, the larger darker), a confusion that never happened stays background, the diagonal has its own
+    colour. Pixels are read from the saved PNG at cell positions taken from the same figure's axes."""
+    from matplotlib.colors import to_rgb
+    from PIL import Image
+
+    counts = np.diag(np.full(10, 1000))
+    counts[3, 3], counts[3, 5] = 980, 20  # 2 % of the 3s read as 5
+    counts[4, 4], counts[4, 9] = 999, 1  # 0.1 % of the 4s read as 9
+    names = [str(d) for d in range(10)]
+    plot = plots.plot_confusion_matrix(counts, names, tmp_path / "confusion.png")
+    with Image.open(plot.path) as img:
+        rgb = np.asarray(img.convert("RGB")).astype(int)  # (H, W, 3)
+    fig = plots.confusion_figure(counts, names)  # the same layout, to find the cells
+    fig.draw_without_rendering()
+    panel = fig.axes[1]
+
+    def cell(i, j):  # a pixel of cell (true i, predicted j) below its centred text
+        x, y = panel.transData.transform((j, i + 0.35))
+        return rgb[int(round(plot.height - y)), int(round(x))]
+
+    white = np.array([255, 255, 255])
+    small, large, never = cell(4, 9), cell(3, 5), cell(0, 7)
+    assert np.array_equal(never, white), never
+    assert np.abs(small - white).sum() > 100 and small[0] > small[2], f"a 0.1 % confusion is nearly white: {small}"
+    assert large.sum() < small.sum() - 100, (large, small)  # the larger confusion is clearly darker
+    diagonal = np.round(255 * np.array(to_rgb(plots.DIAGONAL_COLOUR)))
+    for d in (0, 3, 4):
+        assert np.abs(cell(d, d) - diagonal).max() <= 2, cell(d, d)
+    # a perfect model (no errors at all) and a class without samples still draw
+    perfect = np.diag(np.arange(10) * 7)
+    assert_png(plots.plot_confusion_matrix(perfect, names, tmp_path / "perfect.png").path, "confusion")
+
+
 def test_cli_mistakes_are_real_mistakes(sample_model, mnist_test, tmp_path, capsys):
     out = tmp_path / "m.png"
     code, stdout, _ = run_cli(capsys, "plot", "mistakes", str(sample_model.model_path), "--n", "16", "--out",

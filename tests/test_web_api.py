@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from photolike import train_sample_model  # noqa: E402
+from photolike import train_sample_cnn, train_sample_model  # noqa: E402
 
 LIMIT = 5 * 1024 * 1024
 BASE = "http://127.0.0.1"  # an allowed Host (TestClient's default "testserver" is not)
@@ -822,6 +822,40 @@ def test_the_heat_map_is_the_models_own_gradient_times_input(sample_model, sampl
     ratio = attribution[strongest] / heat.ravel()[strongest]
     assert np.all(ratio > 0), "the heat map's signs are not the gradient's"
     assert ratio.max() / ratio.min() < 1.1, ratio  # one common scale (the peak)
+
+
+@pytest.fixture(scope="module")
+def sample_cnn_model(tmp_path_factory):
+    """A small CNN (conv 6@5x5 first) trained one epoch on the bundled sample."""
+    import digitlab
+
+    return digitlab.load(train_sample_cnn(tmp_path_factory.mktemp("sample-cnn")))
+
+
+def test_a_cnn_answer_carries_its_first_conv_layers_feature_maps(sample_cnn_model, sample_client):
+    """features = the first Conv2D layer's raw output for the 28x28 input, each map scaled to [0, 1]; null for an
+    MLP and for a pad without ink."""
+    from PIL import Image
+
+    from digitlab.images import load_image, to_mnist
+    from digitlab.web import create_app
+
+    png = drawn_png()
+    with make_client(create_app(sample_cnn_model)) as c:
+        answer = c.post("/api/predict", content=png).json()
+        blank = c.post("/api/predict", content=pgm(Image.new("L", (140, 140), 0))).json()
+    features = np.array(answer["features"])  # (F, H, W)
+    conv = sample_cnn_model.net.layers[0]
+    assert features.shape == (conv.filters, 24, 24) == (6, 24, 24)  # 5x5 "valid" on 28x28
+    x, _ = to_mnist(load_image(png))  # the 28x28 image the model received
+    assert np.array_equal(decode_png(answer["input_png"]), x)
+    raw = conv.forward(sample_cnn_model.prepare(x[None]), train=False)[0].transpose(2, 0, 1)  # (F, 24, 24)
+    lo, hi = raw.min(axis=(1, 2), keepdims=True), raw.max(axis=(1, 2), keepdims=True)
+    assert np.all(hi > lo)
+    assert np.allclose(features, (raw - lo) / (hi - lo), atol=6e-4)  # rounded to 3 decimals
+    assert features.min() == 0.0 and features.max() == 1.0
+    assert blank["features"] is None and blank["reason"] == "no ink found"
+    assert sample_client.post("/api/predict", content=png).json()["features"] is None  # an MLP has no conv layer
 
 
 def test_serve_refuses_bad_arguments_with_one_line(tmp_path, capsys):

@@ -337,21 +337,29 @@ def plot_filters(model, out, max_filters: int = MAX_UNITS) -> Plot:
     return _save(fig, "filters", out)
 
 
-def feature_maps(model, image) -> list[tuple[str, np.ndarray]]:
-    """[(label, (H, W, F) maps)]: the output of each Conv2D layer for one image (uint8 28x28 or floats in
-    [0, 1]), in inference mode."""
+def feature_maps(model, image, layers: int | None = None) -> list[tuple[str, np.ndarray]]:
+    """[(label, (H, W, F) maps)]: the raw output of each Conv2D layer (of the first `layers` of them; None: all)
+    for one image (uint8 28x28 or floats in [0, 1]), in inference mode (fresh buffers, no training caches)."""
     from digitlab.nn.backend import to_numpy
 
     convs = dict(conv_layers(model))
     if not convs:
         raise DigitlabError("this model has no convolution layer, so no feature maps to draw")
+    last = sorted(convs)[: layers or len(convs)][-1]  # index of the last conv layer to run to
     h = model.prepare(np.asarray(image)[None])  # (1, *input_shape), normalised like training
     maps = []
-    for i, layer in enumerate(model.net.layers[: max(convs) + 1]):
+    for i, layer in enumerate(model.net.layers[: last + 1]):
         h = layer.forward(h, train=False)
         if i in convs:
             maps.append((f"layer {i}: Conv2D {layer.filters}@{layer.kernel}x{layer.kernel}", to_numpy(h[0])))
     return maps
+
+
+def scale_maps(maps: np.ndarray) -> np.ndarray:
+    """(F, H, W) maps -> float32 (F, H, W), each scaled by its own min and max to [0, 1] (a flat map is all 0)."""
+    maps = np.asarray(maps, dtype=np.float32)
+    lo, hi = maps.min(axis=(1, 2), keepdims=True), maps.max(axis=(1, 2), keepdims=True)  # (F, 1, 1)
+    return (maps - lo) / np.where(hi > lo, hi - lo, 1.0)
 
 
 def plot_activations(model, image, out, max_maps: int = MAX_MAPS, title: str = "") -> Plot:
@@ -365,9 +373,7 @@ def plot_activations(model, image, out, max_maps: int = MAX_MAPS, title: str = "
     ax.set_title("input", fontsize=10)
     _bare(ax)
     for r, (label, m) in enumerate(maps, 1):
-        tiles = m.transpose(2, 0, 1)[:max_maps]  # (H, W, F) -> (F', H, W)
-        lo, hi = tiles.min(axis=(1, 2), keepdims=True), tiles.max(axis=(1, 2), keepdims=True)
-        tiles = (tiles - lo) / np.where(hi > lo, hi - lo, 1.0)  # each map in [0, 1]
+        tiles = scale_maps(m.transpose(2, 0, 1)[:max_maps])  # (H, W, F) -> (F', H, W), each map in [0, 1]
         ax = fig.add_axes((0.02, 1 - 0.9 * (r + 1) / rows - 0.02, 0.96, 0.9 / rows - 0.04))
         ax.imshow(_montage(tiles, min(16, len(tiles)), 1, 0, 0.0), cmap="gray_r", vmin=0.0, vmax=1.0,
                   interpolation="nearest")
@@ -377,23 +383,49 @@ def plot_activations(model, image, out, max_maps: int = MAX_MAPS, title: str = "
     return _save(fig, "activations", out)
 
 
-def plot_confusion_matrix(counts: np.ndarray, names: list[str], out, title: str = "") -> Plot:
-    """Two panels: raw counts and row-normalised fractions (rows = true class, columns = predicted)."""
+DIAGONAL_COLOUR = "#cfe0f3"  # the row-normalised panel's diagonal (right answers): one calm colour, value printed
+
+
+def confusion_figure(counts: np.ndarray, names: list[str], title: str = ""):
+    """The confusion figure: raw counts (log colour scale) and row-normalised fractions (rows = true class,
+    columns = predicted). In the fractions panel the errors get a colour scale of their own (0 .. the largest
+    off-diagonal fraction), so a 0.2 % confusion is visible next to a 99 % diagonal; the diagonal is drawn in
+    one separate colour with its value printed, and cells that never happened stay background."""
+    from matplotlib import colormaps
+    from matplotlib.colors import ListedColormap, PowerNorm
+    from matplotlib.ticker import PercentFormatter
+
     fractions = row_normalize(counts)  # (C, C)
+    c = counts.shape[0]
+    diagonal = np.eye(c, dtype=bool)  # (C, C)
+    errors = np.ma.masked_where(diagonal | (counts == 0), fractions)  # (C, C): only the confusions that happened
+    worst = float(errors.max()) if errors.count() else 1.0
+    error_cmap = ListedColormap(colormaps["OrRd"](np.linspace(0.2, 1.0, 256)))  # its lightest is still clearly tinted
+    error_norm = PowerNorm(0.5, vmin=0.0, vmax=worst)  # square root: small confusions stand out from zero
     fig = _figure("confusion")
     axes = fig.subplots(1, 2)
-    c = counts.shape[0]
-    for ax, data, fmt, name in ((axes[0], counts, "d", "counts"), (axes[1], fractions, ".2f", "row-normalised")):
-        shown = np.log1p(counts) if name == "counts" else fractions  # log colour scale: the diagonal dwarfs errors
-        ax.imshow(shown, cmap="Blues", interpolation="nearest")
-        threshold = shown.max() / 2 if shown.max() > 0 else 1
-        fontsize = 8 if c <= 10 else 6
-        for i in range(c):
-            for j in range(c):
-                value = data[i, j]
-                if value > 0 and (name == "counts" or value >= 0.005 or i == j):  # blank cells stay blank
-                    ax.text(j, i, format(value, fmt), ha="center", va="center", fontsize=fontsize,
-                            color="white" if shown[i, j] > threshold else "black")
+    fontsize = 8 if c <= 10 else 6
+    shown = np.log1p(counts)  # log colour scale: the diagonal dwarfs errors
+    axes[0].imshow(shown, cmap="Blues", interpolation="nearest")
+    threshold = shown.max() / 2 if shown.max() > 0 else 1
+    for i, j in zip(*np.nonzero(counts)):  # blank cells stay blank
+        axes[0].text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=fontsize,
+                     color="white" if shown[i, j] > threshold else "black")
+    ax = axes[1]
+    ax.imshow(np.ma.masked_where(~diagonal, np.ones((c, c))), cmap=ListedColormap([DIAGONAL_COLOUR]),
+              interpolation="nearest")
+    image = ax.imshow(errors, cmap=error_cmap, norm=error_norm, interpolation="nearest")
+    for i in range(c):
+        for j in range(c):
+            if i == j and counts[i].sum() > 0:
+                ax.text(j, i, f"{fractions[i, j]:.3f}", ha="center", va="center", fontsize=fontsize,
+                        fontweight="bold", color="#0b3a6e")
+            elif i != j and counts[i, j] > 0:
+                ax.text(j, i, _share(fractions[i, j]), ha="center", va="center", fontsize=fontsize,
+                        color="white" if error_norm(fractions[i, j]) > 0.6 else "black")
+    bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03, label="errors: share of the true class")
+    bar.ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
+    for ax, name in zip(axes, ("counts", "row-normalised (diagonal: right answers)")):
         ax.set_xticks(range(c), names)
         ax.set_yticks(range(c), names)
         ax.set_xlabel("predicted")
@@ -401,8 +433,20 @@ def plot_confusion_matrix(counts: np.ndarray, names: list[str], out, title: str 
         ax.set_title(name)
     accuracy = np.trace(counts) / max(int(counts.sum()), 1)
     fig.suptitle(f"{title + ': ' if title else ''}{int(counts.sum())} images, accuracy {accuracy:.2%}")
-    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.1, top=0.88, wspace=0.15)  # fixed: no tight_layout pass
-    return _save(fig, "confusion", out)
+    fig.subplots_adjust(left=0.04, right=0.92, bottom=0.1, top=0.88, wspace=0.12)  # fixed: no tight_layout pass
+    return fig
+
+
+def _share(fraction: float) -> str:
+    """An error's share of its row, short enough for a cell: 0.0042 -> '.004', 0.0001 -> '<.001', 1.0 -> '1'."""
+    if fraction >= 0.9995:
+        return "1"
+    return "<.001" if fraction < 0.0005 else f"{fraction:.3f}".lstrip("0")
+
+
+def plot_confusion_matrix(counts: np.ndarray, names: list[str], out, title: str = "") -> Plot:
+    """Two panels: raw counts and row-normalised fractions (see `confusion_figure`)."""
+    return _save(confusion_figure(counts, names, title), "confusion", out)
 
 
 def plot_confusion(model, images, labels, out, title: str = "") -> Plot:

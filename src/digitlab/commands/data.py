@@ -154,29 +154,44 @@ def cmd_show(args) -> int:
     return 0
 
 
+LABEL_STRIP = 40  # grey level of the strip under each tile that holds its label (white text on it)
+
+
 def write_grid_png(path, images, labels, class_names, *, cols: int, scale: int = 4, pad: int = 2) -> Path:
-    """A grid of upscaled images, white ink on black like MNIST, each with its label underneath (Pillow)."""
+    """A grid of upscaled images, white ink on black like MNIST, each with its label in white on a grey strip
+    underneath: the label's font is about a quarter of the tile's height (at least 12 px), narrowed to the tile's
+    width for long class names (Pillow's bundled font)."""
     import numpy as np
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
     from digitlab.fsutil import atomic_write
 
     n, h, w = images.shape
     rows = -(-n // cols)
-    text_h = 12  # room for the label under each tile
-    cell_w, cell_h = w * scale + pad, h * scale + pad + text_h
+    tile_h, tile_w = h * scale, w * scale
+    size = max(12, round(0.25 * tile_h))  # font size in pixels
+    names = [str(class_names[int(label)]) for label in labels]
+    fonts = {}
+    for name in set(names):  # the largest size up to `size` at which the name fits the tile's width
+        fit = size
+        while fit > 8 and ImageFont.load_default(fit).getlength(name) > tile_w - 2:
+            fit -= 1
+        fonts[name] = ImageFont.load_default(fit)
+    strip_h = round(size * 1.3)  # the label strip under each tile
+    cell_w, cell_h = tile_w + pad, tile_h + strip_h + pad
     sheet = np.zeros((rows * cell_h + pad, cols * cell_w + pad), dtype=np.uint8)  # (H, W) greyscale canvas
     big = np.repeat(np.repeat(images, scale, axis=1), scale, axis=2)  # (n, h, w) -> (n, h*s, w*s)
     for k in range(n):  # n ≤ 10,000 small tiles: a loop over tiles, not pixels
         r, c = divmod(k, cols)
         y, x = pad + r * cell_h, pad + c * cell_w
-        sheet[y : y + h * scale, x : x + w * scale] = big[k]
+        sheet[y : y + tile_h, x : x + tile_w] = big[k]
+        sheet[y + tile_h : y + tile_h + strip_h, x : x + tile_w] = LABEL_STRIP
     img = Image.fromarray(sheet)  # uint8 (H, W) -> mode "L"
     draw = ImageDraw.Draw(img)
-    for k in range(n):
+    for k, name in enumerate(names):
         r, c = divmod(k, cols)
-        draw.text((pad + c * cell_w + 1, pad + r * cell_h + h * scale), str(class_names[int(labels[k])]),
-                  fill=200)  # fmt: skip
+        centre = (pad + c * cell_w + tile_w / 2, pad + r * cell_h + tile_h + strip_h / 2)
+        draw.text(centre, name, fill=255, font=fonts[name], anchor="mm")  # centred in the strip
     path = Path(path)
     with atomic_write(path, "wb") as f:
         img.save(f, format="PNG")

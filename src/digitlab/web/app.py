@@ -13,7 +13,8 @@ Routes (`?model=ID` picks one of the runs listed by /api/models instead of the s
                                "probabilities": [10 floats], "top": [{"digit", "probability"}],
                                "input_png": base64 PNG of the 28x28 image the model received,
                                "heatmap": 28x28 floats in [-1, 1] | null (what pushed the model to its answer),
-                               "template": 28x28 floats | null (a linear model's weight template of that class)}
+                               "template": 28x28 floats | null (a linear model's weight template of that class),
+                               "features": F maps of HxW floats in [0, 1] | null (a CNN's first conv layer)}
     GET  /api/model        the model's metadata (recipe, metrics, class names, digitlab version, ...)
     GET  /api/models       {"current": ID, "models": [{id, recipe, dataset, test_accuracy, date, ...}]}
     GET  /api/test-digit   a random MNIST test digit: {"index", "label", "image_png", "dataset"}
@@ -90,6 +91,10 @@ class Prediction(BaseModel):
     template: list[list[float]] | None = Field(
         None, description="linear models only: the best class's 28x28 weight template scaled to [-1, 1] (> 0: ink "
         "there counts for the class); null for other networks")
+    features: list[list[list[float]]] | None = Field(
+        None, description="CNNs only: the first Conv2D layer's feature maps for the 28x28 input, F maps of HxW "
+        "(e.g. 24 of 24x24), each the raw convolution output (before any ReLU, pooling or BatchNorm) scaled by its "
+        "own min and max to [0, 1]; null for networks without a convolution layer and when no ink was found")
 
 
 class TestDigit(BaseModel):
@@ -163,6 +168,17 @@ class SerializedModel:
         w = np.asarray(layers[0].W[:, cls], dtype=np.float32).reshape(28, 28)  # (784,) -> (28, 28)
         peak = float(np.abs(w).max())
         return w / peak if peak > 0 else w
+
+    def features(self, x: np.ndarray) -> np.ndarray | None:
+        """For a CNN: the first Conv2D layer's raw output for the 28x28 image x, float32 [F, H, W], each map scaled
+        to [0, 1] (plots.feature_maps, the model's own forward); None for a network without a conv layer."""
+        from digitlab import plots
+
+        if not plots.conv_layers(self._model):
+            return None
+        with self._lock:
+            (_, maps), = plots.feature_maps(self._model, x, layers=1)  # (H, W, F)
+        return plots.scale_maps(maps.transpose(2, 0, 1))  # (F, H, W)
 
     def explain(self, x: np.ndarray, cls: int) -> np.ndarray:
         """float32 [28, 28] in [-1, 1]: d score[cls] / d input x (input - blank input), from the network's own
@@ -343,6 +359,7 @@ def predict_bytes(model, data: bytes) -> dict:
     explains = hasattr(model, "explain")  # a SerializedModel (the app's); a bare Classifier gets no explanations
     heat = model.explain(result["input"], best) if result["found"] and explains else None
     template = model.template(best) if explains else None
+    features = model.features(result["input"]) if result["found"] and explains else None
     return {
         "digit": None if result["digit"] is None else int(result["digit"]),
         "reason": result["reason"],
@@ -351,6 +368,7 @@ def predict_bytes(model, data: bytes) -> dict:
         "input_png": png_base64(result["input"]),
         "heatmap": None if heat is None else np.round(heat, 3).tolist(),
         "template": None if template is None else np.round(template, 3).tolist(),
+        "features": None if features is None else np.round(features, 3).tolist(),
     }
 
 
