@@ -178,3 +178,37 @@ def test_inference_chunks_run_in_threads_and_give_the_same_scores(sample_cnn):
     assert len({name for name in seen if name.startswith("digitlab-infer")}) >= 2
     assert one.shape == (300, 10)
     np.testing.assert_array_equal(one[:64], model.scores(images[:64]))    # a chunk alone gives the same rows
+
+
+def test_an_error_in_a_part_is_raised_as_itself_after_every_thread_is_done():
+    """A part that fails (labels out of range) raises its own error, from the caller's part and from a shard
+    thread alike, and only once no thread still writes gradients."""
+    x, y = _batch(6)
+    bad_first, bad_last = y.copy(), y.copy()
+    bad_first[0], bad_last[-1] = 7, 7             # 5 classes: label 7 is out of range
+    for n in (1, 2, 3):
+        with Shards(_cnn(), n) as shards:
+            for bad in (bad_first, bad_last):
+                with pytest.raises(ValueError, match="label"):
+                    shards.step(x, bad, get_loss("softmax_ce"))
+
+
+def test_sparse_inputs_leave_no_stale_gradient_rows_from_another_shard():
+    """Linear multiplies the columns that are non-zero in its part only and clears just the rows its last
+    backward wrote; rows that another shard's gradient added to the sum must be cleared in the next step too."""
+    def net():
+        return Sequential([Flatten(dtype=np.float64), Linear(out_features=3, dtype=np.float64)], input_shape=(8,),
+                          rng=np.random.default_rng(0))
+
+    loss_fn = get_loss("softmax_ce")
+    first, then = np.zeros((4, 8)), np.zeros((4, 8))
+    first[:2, :2], first[2:, 4:6] = 1.0, 2.0      # part 1 uses columns 0-1, part 2 columns 4-5
+    then[:, :2] = 1.0                             # both parts use columns 0-1 only
+    y = np.array([0, 1, 2, 0])
+    sharded = net()
+    with Shards(sharded, 2) as shards:
+        shards.step(first, y, loss_fn)
+        shards.step(then, y, loss_fn)
+    _, _, grads = _one_pass(net(), then, y, loss_fn)
+    for got, want in zip(sharded.grads(), grads):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-13)
