@@ -67,6 +67,8 @@ def test_replicas_share_parameters_and_own_gradients_and_workspace():
     out_replica = replica.forward(x)
     assert not np.shares_memory(out, out_replica)       # own workspace: one shard never overwrites another's
     np.testing.assert_array_equal(out, out_replica)
+    assert all(isinstance(layer.ws, dict) for layer in replica.layers)
+    assert replica.forward(x) is out_replica            # its buffers are kept and reused step after step
 
 
 def test_the_shards_run_in_parallel_threads():
@@ -212,3 +214,27 @@ def test_sparse_inputs_leave_no_stale_gradient_rows_from_another_shard():
     _, _, grads = _one_pass(net(), then, y, loss_fn)
     for got, want in zip(sharded.grads(), grads):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-13)
+
+
+def test_map_chunks_keeps_the_order_and_runs_as_many_threads_as_asked(monkeypatch):
+    """0 threads: one per usable CPU; never more threads than chunks; one thread or one chunk: no pool."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from digitlab.nn import model as model_module
+
+    pools = []
+
+    class Pool(ThreadPoolExecutor):
+        def __init__(self, workers, **kw):
+            pools.append(workers)
+            super().__init__(workers, **kw)
+
+    monkeypatch.setattr(model_module, "ThreadPoolExecutor", Pool)
+    monkeypatch.setattr(model_module.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    starts = range(0, 50, 10)                     # 5 chunks
+    for threads, workers in [(0, [3]), (1, []), (2, [2]), (3, [3]), (8, [5])]:
+        pools.clear()
+        assert model_module._map_chunks(lambda s: s * s, starts, threads) == [s * s for s in starts]
+        assert pools == workers, threads
+    pools.clear()
+    assert model_module._map_chunks(lambda s: s + 1, [0], 4) == [1] and pools == []
