@@ -64,8 +64,10 @@ T_SKLEARN = "tests/test_sklearn.py::test_string_labels_probabilities_and_model"
 T_SWEEP = "tests/test_sweep.py::test_val_loss_is_minimised"
 T_SHARD_STEP = ["tests/test_shards.py", "-k", "sharded_step or replicas or parallel_threads or refused or error_in_a_part "
                 "or stale"]
-T_SHARD_FIT = ["tests/test_shards.py", "-k", "check_shards or splits_batches"]
-T_INFER = ["tests/test_shards.py", "-k", "inference or map_chunks"]
+T_SHARD_FIT = ["tests/test_shards.py", "-k", "check_shards or splits_batches or train_command"]
+T_INFER = ["tests/test_shards.py::test_map_chunks_keeps_the_order_and_runs_as_many_threads_as_asked",
+           "tests/test_shards.py::test_chunked_scores_in_threads_are_the_rows_of_one_forward_pass",
+           "tests/test_shards.py::test_inference_chunks_run_in_threads_and_give_the_same_scores"]
 T_FEATURES = ["tests/test_web_api.py::test_a_cnn_answer_carries_its_first_conv_layers_feature_maps",
               "tests/test_cnn_plots.py", "-k", "feature_maps or scale_maps"]
 T_CONFUSION = ["tests/test_plots.py", "-k", "confusion_errors or confusion_fractions"]
@@ -271,6 +273,10 @@ MUTANTS = [
       "        net._own_workspace()\n        return net", "        return net", T_SHARD_STEP),
     M("linear-add-grads-keeps-rows", "replica state", "nn/layers.py",
       "self._dW_rows = None if other._dW_rows is None else self._dW_rows | other._dW_rows", "pass", T_SHARD_STEP),
+    M("add-grads-overwrites", "shard gradient sum", "nn/layers.py",
+      "            g += g_other", "            g[...] = g_other", T_SHARD_STEP),
+    M("shards-empty-part-kept", "shard part sizes", "nn/shards.py",
+      "edges[:-1], edges[1:]) if hi > lo]", "edges[:-1], edges[1:])]", T_SHARD_STEP),
     M("shardable-check-from-three", "shard refusals", "nn/shards.py",
       "if n > 1 and blocked:", "if n > 2 and blocked:", T_SHARD_STEP),
     M("batchnorm-shardable", "shard refusals", "nn/layers.py",
@@ -287,6 +293,8 @@ MUTANTS = [
     M("blas-threads-not-limited-for-shards", "shard wiring", "train.py",
       "(1 if macs < SMALL_STEP_MACS or recipe.shards > 1 else None)", "(1 if macs < SMALL_STEP_MACS else None)",
       T_SHARD_FIT),
+    M("cli-shards-flag-dropped", "shard wiring", "commands/train.py",
+      '    "shards": (int, "split each batch', '    "_shards": (int, "split each batch', T_SHARD_FIT),
     # -- inference chunks in threads (nn/model.py)
     M("map-chunks-out-of-order", "chunk order", "nn/model.py",
       "return list(pool.map(fn, starts))", "return list(pool.map(fn, starts[::-1]))", T_INFER),

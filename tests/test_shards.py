@@ -238,3 +238,43 @@ def test_map_chunks_keeps_the_order_and_runs_as_many_threads_as_asked(monkeypatc
         assert pools == workers, threads
     pools.clear()
     assert model_module._map_chunks(lambda s: s + 1, [0], 4) == [1] and pools == []
+
+
+def test_the_train_command_passes_shards_to_the_recipe(monkeypatch):
+    import digitlab.train
+    from digitlab.cli import main
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_train_recipe(recipe, overrides, **kw):
+        seen.update(recipe=recipe, **overrides)
+        raise Stop
+
+    monkeypatch.setattr(digitlab.train, "train_recipe", fake_train_recipe)
+    with pytest.raises(Stop):
+        main(["train", "--recipe", "cnn", "--shards", "3", "--quiet"])
+    assert seen == {"recipe": "cnn", "shards": 3} and type(seen["shards"]) is int
+
+
+@pytest.mark.parametrize("folded", [False, True])
+def test_chunked_scores_in_threads_are_the_rows_of_one_forward_pass(folded):
+    """Any chunk size and thread count: every image's scores, in the images' order (a CNN normalises each chunk;
+    an MLP on uint8 pixels folds the normalisation into its first layer)."""
+    from digitlab.nn import Classifier
+
+    rng = np.random.default_rng(3)
+    if folded:
+        net = Sequential([Flatten(), Linear(out_features=16), ReLU(), Linear(out_features=5)], input_shape=(9, 9),
+                         rng=rng)
+    else:
+        net = _cnn(np.float32)
+    model = Classifier(net, class_names=list("abcde"), input_shape=[9, 9])
+    images = rng.integers(0, 256, (150, 9, 9)).astype(np.uint8)
+    want = net.forward(model.prepare(images), train=False)
+    for threads, batch_size in [(1, 64), (2, 64), (3, 7), (2, 150), (4, 1000)]:
+        model.inference_threads = threads
+        np.testing.assert_allclose(model.scores(images, batch_size), want, rtol=1e-5, atol=1e-5,
+                                   err_msg=f"{threads} threads, chunks of {batch_size}")
