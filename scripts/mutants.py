@@ -13,7 +13,7 @@ pass; the table names the first test that failed, so a mutant caught by an unrel
 The tests run with pytest -x (stop at the first failure) as if full MNIST were absent (DIGITLAB_TEST_NO_MNIST=1): every bug here must be caught by
 tests that need only the bundled sample. Before the mutants, each distinct test selection runs once on the
 unmodified copy (a selection that already fails would make every mutant look caught). Selections are
-narrow (-k, node ids) and shared by the mutants of one area, so a full run takes about 10 minutes on 2 busy
+narrow (-k, node ids) and shared by the mutants of one area, so a full run takes about 13 minutes on 2 busy
 cores.
 
 The exit status is 1 when a mutant survived, a snippet no longer matches exactly once (the code moved: update
