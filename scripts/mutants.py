@@ -13,7 +13,7 @@ pass; the table names the first test that failed, so a mutant caught by an unrel
 The tests run with pytest -x (stop at the first failure) as if full MNIST were absent (DIGITLAB_TEST_NO_MNIST=1): every bug here must be caught by
 tests that need only the bundled sample. Before the mutants, each distinct test selection runs once on the
 unmodified copy (a selection that already fails would make every mutant look caught). Selections are
-narrow (-k, node ids) and shared by the mutants of one area, so a full run takes about 10 minutes on 2 busy
+narrow (-k, node ids) and shared by the mutants of one area, so a full run takes about 13 minutes on 2 busy
 cores.
 
 The exit status is 1 when a mutant survived, a snippet no longer matches exactly once (the code moved: update
@@ -62,6 +62,16 @@ T_MODEL_NAN = ["tests/test_model_file_faults.py", "-k", "finite"]
 T_ONNX = "tests/test_onnx.py::test_cnn_on_multichannel_images"
 T_SKLEARN = "tests/test_sklearn.py::test_string_labels_probabilities_and_model"
 T_SWEEP = "tests/test_sweep.py::test_val_loss_is_minimised"
+T_SHARD_STEP = ["tests/test_shards.py", "-k", "sharded_step or replicas or parallel_threads or refused or error_in_a_part "
+                "or stale"]
+T_SHARD_FIT = ["tests/test_shards.py", "-k", "check_shards or splits_batches or train_command"]
+T_INFER = ["tests/test_shards.py::test_map_chunks_keeps_the_order_and_runs_as_many_threads_as_asked",
+           "tests/test_shards.py::test_chunked_scores_in_threads_are_the_rows_of_one_forward_pass",
+           "tests/test_shards.py::test_inference_chunks_run_in_threads_and_give_the_same_scores"]
+T_FEATURES = ["tests/test_web_api.py::test_a_cnn_answer_carries_its_first_conv_layers_feature_maps",
+              "tests/test_cnn_plots.py", "-k", "feature_maps or scale_maps"]
+T_CONFUSION = ["tests/test_plots.py", "-k", "confusion_errors or confusion_fractions"]
+T_SHOW = ["tests/test_data_cli.py", "-k", "legible or name_each or long_class_names"]
 
 
 @dataclass(frozen=True)
@@ -235,6 +245,108 @@ MUTANTS = [
       'sign = -1 if spec.direction == "maximize" else 1', 'sign = 1 if spec.direction == "maximize" else -1', T_SWEEP),
     M("sweep-val-loss-maximised", "sweep metric direction", "sweep.py",
       '"val_loss": "minimize"}', '"val_loss": "maximize"}', T_SWEEP),
+    # -- data-parallel shards (nn/shards.py, Sequential.replica, fit's wiring)
+    M("shards-remainder-to-every-part", "shard part sizes", "nn/shards.py",
+      "(k < b % len(self.nets))", "(k <= b % len(self.nets))", T_SHARD_STEP),
+    M("shards-equal-part-weights", "shard gradient scale", "nn/shards.py",
+      "scale * (hi - lo) / b)", "scale / len(parts))", T_SHARD_STEP),
+    M("shards-scale-dropped", "shard gradient scale", "nn/shards.py",
+      "scale * (hi - lo) / b)", "(hi - lo) / b)", T_SHARD_STEP),
+    M("shards-last-part-not-added", "shard gradient sum", "nn/shards.py",
+      "for net, _, _ in parts[1:]:", "for net, _, _ in parts[1:-1]:", T_SHARD_STEP),
+    M("shards-loss-weights-reversed", "shard parts order", "nn/shards.py",
+      "in zip(results, parts)) / b", "in zip(results, parts[::-1])) / b", T_SHARD_STEP),
+    M("shards-nets-in-reverse", "shard parts order", "nn/shards.py",
+      "for net, lo, hi in zip(self.nets, edges[:-1]", "for net, lo, hi in zip(self.nets[::-1], edges[:-1]",
+      T_SHARD_STEP),
+    M("shards-count-first-part-only", "shard parts order", "nn/shards.py",
+      "return loss, sum(correct for _, correct in results)", "return loss, results[0][1]", T_SHARD_STEP),
+    M("shards-worker-error-swallowed", "worker-thread errors", "nn/shards.py",
+      "results = [first] + [f.result() for f in futures]",
+      "results = [first] + [f.result() for f in futures if f.exception() is None]", T_SHARD_STEP),
+    M("replica-shares-gradients", "replica state", "nn/layers.py",
+      'setattr(new, "d" + name, array_module(grad).zeros_like(grad))', 'setattr(new, "d" + name, grad)',
+      T_SHARD_STEP),
+    M("replica-copies-parameters", "replica state", "nn/layers.py",
+      "new = copy.copy(self)", "new = copy.deepcopy(self)", T_SHARD_STEP),
+    M("replica-without-workspace", "replica state", "nn/layers.py",
+      "        net._own_workspace()\n        return net", "        return net", T_SHARD_STEP),
+    M("linear-add-grads-keeps-rows", "replica state", "nn/layers.py",
+      "self._dW_rows = None if other._dW_rows is None else self._dW_rows | other._dW_rows", "pass", T_SHARD_STEP),
+    M("add-grads-overwrites", "shard gradient sum", "nn/layers.py",
+      "            g += g_other", "            g[...] = g_other", T_SHARD_STEP),
+    M("shards-empty-part-kept", "shard part sizes", "nn/shards.py",
+      "edges[:-1], edges[1:]) if hi > lo]", "edges[:-1], edges[1:])]", T_SHARD_STEP),
+    M("shardable-check-from-three", "shard refusals", "nn/shards.py",
+      "if n > 1 and blocked:", "if n > 2 and blocked:", T_SHARD_STEP),
+    M("batchnorm-shardable", "shard refusals", "nn/layers.py",
+      'not_shardable = "its statistics are over the whole batch"', 'not_shardable = ""', T_SHARD_STEP),
+    M("build-model-skips-shard-check", "shard refusals", "train.py",
+      "        check_shardable(net, recipe.shards)\n", "        pass\n", T_SHARD_FIT),
+    M("recipe-accepts-zero-shards", "shard refusals", "recipes/__init__.py",
+      "(1 <= r.shards <= 64,", "(0 <= r.shards <= 64,", T_SHARD_FIT),
+    M("fit-ignores-recipe-shards", "shard wiring", "train.py",
+      "Shards(model.net, recipe.shards) as shards", "Shards(model.net, 1) as shards", T_SHARD_FIT),
+    M("fit-step-without-shards", "shard wiring", "train.py",
+      "train_step(model, optimizer, x, y, lr, loss_fn, arrays, shards)",
+      "train_step(model, optimizer, x, y, lr, loss_fn, arrays)", T_SHARD_FIT),
+    M("blas-threads-not-limited-for-shards", "shard wiring", "train.py",
+      "(1 if macs < SMALL_STEP_MACS or recipe.shards > 1 else None)", "(1 if macs < SMALL_STEP_MACS else None)",
+      T_SHARD_FIT),
+    M("cli-shards-flag-dropped", "shard wiring", "commands/train.py",
+      '    "shards": (int, "split each batch', '    "_shards": (int, "split each batch', T_SHARD_FIT),
+    # -- inference chunks in threads (nn/model.py)
+    M("map-chunks-out-of-order", "chunk order", "nn/model.py",
+      "return list(pool.map(fn, starts))", "return list(pool.map(fn, starts[::-1]))", T_INFER),
+    M("map-chunks-threads-setting-ignored", "chunk threads", "nn/model.py",
+      "threads = min(len(starts), threads or usable)", "threads = min(len(starts), usable)", T_INFER),
+    M("map-chunks-default-one-thread", "chunk threads", "nn/model.py",
+      "threads = min(len(starts), threads or usable)", "threads = min(len(starts), threads or 1)", T_INFER),
+    M("map-chunks-two-threads-serial", "chunk threads", "nn/model.py",
+      "if threads <= 1:", "if threads <= 2:", T_INFER),
+    M("scores-last-chunk-dropped", "chunk order", "nn/model.py",
+      "range(0, max(x.shape[0], 1), batch_size)", "range(0, max(x.shape[0] - batch_size, 1), batch_size)", T_INFER),
+    # -- the page's feature maps, the confusion panel, data show labels
+    M("scale-maps-over-all-maps", "feature-map scale", "plots.py",
+      "lo, hi = maps.min(axis=(1, 2), keepdims=True), maps.max(axis=(1, 2), keepdims=True)",
+      "lo, hi = maps.min(), maps.max()", T_FEATURES),
+    M("scale-maps-flat-map-nan", "feature-map scale", "plots.py",
+      "return (maps - lo) / np.where(hi > lo, hi - lo, 1.0)", "return (maps - lo) / (hi - lo)", T_FEATURES),
+    M("web-features-rows-columns-swapped", "feature-map axes", "web/app.py",
+      "return plots.scale_maps(maps.transpose(2, 0, 1))", "return plots.scale_maps(maps.transpose(2, 1, 0))",
+      T_FEATURES),
+    M("feature-maps-stop-at-first-conv", "feature-map layers", "plots.py",
+      "last = sorted(convs)[: layers or len(convs)][-1]", "last = sorted(convs)[: layers or len(convs)][0]",
+      T_FEATURES),
+    M("confusion-diagonal-in-error-scale", "confusion diagonal", "plots.py",
+      "errors = np.ma.masked_where(diagonal | (counts == 0), fractions)",
+      "errors = np.ma.masked_where(counts == 0, fractions)", T_CONFUSION),
+    M("confusion-error-scale-to-diagonal", "confusion diagonal", "plots.py",
+      "worst = float(errors.max()) if errors.count() else 1.0", "worst = float(fractions.max())", T_CONFUSION),
+    M("confusion-never-cells-coloured", "confusion diagonal", "plots.py",
+      "errors = np.ma.masked_where(diagonal | (counts == 0), fractions)",
+      "errors = np.ma.masked_where(diagonal, fractions)", T_CONFUSION),
+    M("confusion-column-normalised", "confusion diagonal", "plots.py",
+      "    fractions = row_normalize(counts)  # (C, C)", "    fractions = row_normalize(counts.T).T  # (C, C)",
+      T_CONFUSION),
+    M("confusion-diagonal-colour-off-diagonal", "confusion diagonal", "plots.py",
+      "ax.imshow(np.ma.masked_where(~diagonal, np.ones((c, c)))",
+      "ax.imshow(np.ma.masked_where(diagonal, np.ones((c, c)))",
+      T_CONFUSION),
+    M("show-label-on-its-tile", "data show labels", "commands/data.py",
+      "centre = (pad + c * cell_w + tile_w / 2, pad + r * cell_h + tile_h + strip_h / 2)",
+      "centre = (pad + c * cell_w + tile_w / 2, pad + r * cell_h + tile_h - strip_h / 2)", T_SHOW),
+    M("show-label-of-position-not-class", "data show labels", "commands/data.py",
+      "names = [str(class_names[int(label)]) for label in labels]",
+      "names = [str(class_names[k % len(class_names)]) for k, label in enumerate(labels)]", T_SHOW),
+    M("show-font-not-narrowed", "data show labels", "commands/data.py",
+      "while fit > 8 and ImageFont.load_default(fit).getlength(name) > tile_w - 2:",
+      "while fit > 8 and ImageFont.load_default(fit).getlength(name) > 4 * tile_w:", T_SHOW),
+    M("show-strip-not-drawn", "data show labels", "commands/data.py",
+      "sheet[y + tile_h : y + tile_h + strip_h, x : x + tile_w] = LABEL_STRIP", "pass", T_SHOW),
+    M("samples-row-of-other-class", "data show labels", "plots.py",
+      "picked = np.flatnonzero(labels == c)[:per_class]", "picked = np.flatnonzero(labels == c - 1)[:per_class]",
+      ["tests/test_plots.py", "-k", "samples"]),
     # -- classics
     M("ce-gradient-sign", "gradient sign", "nn/losses.py",
       "flat[target] -= z.dtype.type((1.0 - eps) / n)", "flat[target] += z.dtype.type((1.0 - eps) / n)", T_LOSSES),

@@ -86,3 +86,13 @@ def test_run_report_of_a_cnn_shows_filters_and_feature_maps(sample_cnn):
     assert_png(run_dir / "activations.png", "activations")
     with pytest.raises(DigitlabError, match="no convolution layer"):
         plots.first_filters(type("M", (), {"net": type("N", (), {"layers": []})()})())
+
+
+def test_scale_maps_scales_each_map_by_its_own_range_and_a_flat_map_to_zero():
+    ramp = np.arange(12, dtype=np.float64).reshape(3, 4)
+    maps = np.stack([ramp, np.full((3, 4), 2.5), -10 * ramp])   # (F, H, W)
+    scaled = plots.scale_maps(maps)
+    assert scaled.dtype == np.float32 and scaled.shape == maps.shape
+    np.testing.assert_allclose(scaled[0], ramp / 11, rtol=1e-6)
+    np.testing.assert_array_equal(scaled[1], 0.0)                 # flat: all 0, not NaN
+    np.testing.assert_allclose(scaled[2], 1 - ramp / 11, rtol=1e-6, atol=1e-7)

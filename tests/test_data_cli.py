@@ -144,3 +144,49 @@ def test_every_action_has_json_flag(action, capsys):
     with pytest.raises(SystemExit):
         main(["data", action, "--help"])
     assert "--json" in capsys.readouterr().out
+
+
+def test_show_labels_name_each_tiles_own_class(tmp_path):
+    """The label under tile k is the class name of labels[k]: the strips of a grid with the labels reversed are
+    the strips of the straight grid, reversed (digits render differently, so a wrong name shows)."""
+    from PIL import Image
+
+    from digitlab.commands.data import write_grid_png
+
+    names = ["zero", "one", "two", "three", "four"]
+    strips = {}
+    for order in ("straight", "reversed"):
+        labels = np.arange(5) if order == "straight" else np.arange(5)[::-1]
+        out = tmp_path / f"{order}.png"
+        write_grid_png(out, np.zeros((5, 28, 28), np.uint8), labels, names, cols=5, scale=2, pad=2)
+        with Image.open(out) as img:
+            sheet = np.asarray(img).astype(int)
+        cell_w = 28 * 2 + 2
+        strips[order] = [sheet[2 + 56:, 2 + k * cell_w : 2 + k * cell_w + 56] for k in range(5)]
+    assert len({s.tobytes() for s in strips["straight"]}) == 5          # five different labels
+    for k in range(5):
+        np.testing.assert_array_equal(strips["reversed"][k], strips["straight"][4 - k])
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_show_long_class_names_are_narrowed_to_their_tiles(tmp_path, scale):
+    """Fashion-MNIST's longest names are set in a smaller font so that each stays within its own tile's width."""
+    from PIL import Image
+
+    from digitlab.commands.data import write_grid_png
+
+    names = ["Ankle boot", "Sneaker", "Pullover"]
+    out = tmp_path / "grid.png"
+    write_grid_png(out, np.zeros((3, 28, 28), np.uint8), np.arange(3), names, cols=3, scale=scale, pad=2)
+    with Image.open(out) as img:
+        sheet = np.asarray(img).astype(int)
+    text_cols = np.flatnonzero((sheet >= 128).any(axis=0))
+    tile = 28 * scale
+    for k in range(3):
+        left = 2 + k * (tile + 2)
+        inside = (text_cols >= left) & (text_cols < left + tile)
+        assert inside.any(), f"no label under tile {k}"
+    tiles = np.zeros(sheet.shape[1], bool)
+    for k in range(3):
+        tiles[2 + k * (tile + 2) : 2 + k * (tile + 2) + tile] = True
+    assert tiles[text_cols].all(), "a long label spills past its tile's width"

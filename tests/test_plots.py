@@ -405,3 +405,35 @@ def test_no_pyplot_and_no_matplotlib_until_a_plot_is_drawn(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "c.png").is_file()
+
+
+def test_samples_rows_show_their_own_class_under_its_name(tmp_path, monkeypatch):
+    """Each row's label (a y tick) sits at a row of the drawn montage that holds the first examples of that
+    class, in order, and nothing else (the figure is read where plot_samples saves it)."""
+    rng = np.random.default_rng(0)
+    labels = rng.permutation(np.repeat(np.arange(4), 5))[:17]            # 4 classes, unevenly many
+    images = rng.integers(1, 256, (len(labels), 28, 28)).astype(np.uint8)
+    saved = {}
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, kind, out: saved.setdefault("fig", fig) and save(fig, kind, out))
+    plots.plot_samples(images, labels, tmp_path / "s.png", per_class=3, class_names=["a", "b", "c", "d"])
+    ax = saved["fig"].axes[0]
+    shown = np.asarray(ax.images[0].get_array())                          # the montage
+    names = [t.get_text() for t in ax.get_yticklabels()]
+    assert names == ["a", "b", "c", "d"]
+    for name, y in zip(names, ax.get_yticks()):
+        top = int(round(y + 0.5 - 14))                                    # the label sits at the tile's middle
+        row = shown[top : top + 28]
+        want = images[labels == names.index(name)][:3].astype(np.float32)
+        got = [row[:, k * 30 : k * 30 + 28] for k in range(len(want))]    # tiles 28 wide, 2 apart
+        np.testing.assert_array_equal(np.stack(got), want, err_msg=name)
+
+
+def test_confusion_fractions_are_shares_of_the_true_class_row():
+    """The printed fractions divide by the row's (true class's) total, not the column's: with rows and columns
+    of very different sizes the two differ (5 of 10 true 0s read as 1 is .500; of the 95 predicted 1s, .053)."""
+    counts = np.array([[5, 5, 0], [0, 90, 0], [0, 0, 0]])           # class 2 never occurs
+    fig = plots.confusion_figure(counts, ["0", "1", "2"])
+    texts = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in fig.axes[1].texts}
+    assert texts == {(0, 0): "0.500", (0, 1): ".500", (1, 1): "1.000"}
+    assert fig.axes[0].texts and {t.get_text() for t in fig.axes[0].texts} == {"5", "90"}

@@ -67,6 +67,8 @@ def test_replicas_share_parameters_and_own_gradients_and_workspace():
     out_replica = replica.forward(x)
     assert not np.shares_memory(out, out_replica)       # own workspace: one shard never overwrites another's
     np.testing.assert_array_equal(out, out_replica)
+    assert all(isinstance(layer.ws, dict) for layer in replica.layers)
+    assert replica.forward(x) is out_replica            # its buffers are kept and reused step after step
 
 
 def test_the_shards_run_in_parallel_threads():
@@ -178,3 +180,101 @@ def test_inference_chunks_run_in_threads_and_give_the_same_scores(sample_cnn):
     assert len({name for name in seen if name.startswith("digitlab-infer")}) >= 2
     assert one.shape == (300, 10)
     np.testing.assert_array_equal(one[:64], model.scores(images[:64]))    # a chunk alone gives the same rows
+
+
+def test_an_error_in_a_part_is_raised_as_itself_after_every_thread_is_done():
+    """A part that fails (labels out of range) raises its own error, from the caller's part and from a shard
+    thread alike, and only once no thread still writes gradients."""
+    x, y = _batch(6)
+    bad_first, bad_last = y.copy(), y.copy()
+    bad_first[0], bad_last[-1] = 7, 7             # 5 classes: label 7 is out of range
+    for n in (1, 2, 3):
+        with Shards(_cnn(), n) as shards:
+            for bad in (bad_first, bad_last):
+                with pytest.raises(ValueError, match="label"):
+                    shards.step(x, bad, get_loss("softmax_ce"))
+
+
+def test_sparse_inputs_leave_no_stale_gradient_rows_from_another_shard():
+    """Linear multiplies the columns that are non-zero in its part only and clears just the rows its last
+    backward wrote; rows that another shard's gradient added to the sum must be cleared in the next step too."""
+    def net():
+        return Sequential([Flatten(dtype=np.float64), Linear(out_features=3, dtype=np.float64)], input_shape=(8,),
+                          rng=np.random.default_rng(0))
+
+    loss_fn = get_loss("softmax_ce")
+    first, then = np.zeros((4, 8)), np.zeros((4, 8))
+    first[:2, :2], first[2:, 4:6] = 1.0, 2.0      # part 1 uses columns 0-1, part 2 columns 4-5
+    then[:, :2] = 1.0                             # both parts use columns 0-1 only
+    y = np.array([0, 1, 2, 0])
+    sharded = net()
+    with Shards(sharded, 2) as shards:
+        shards.step(first, y, loss_fn)
+        shards.step(then, y, loss_fn)
+    _, _, grads = _one_pass(net(), then, y, loss_fn)
+    for got, want in zip(sharded.grads(), grads):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-13)
+
+
+def test_map_chunks_keeps_the_order_and_runs_as_many_threads_as_asked(monkeypatch):
+    """0 threads: one per usable CPU; never more threads than chunks; one thread or one chunk: no pool."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from digitlab.nn import model as model_module
+
+    pools = []
+
+    class Pool(ThreadPoolExecutor):
+        def __init__(self, workers, **kw):
+            pools.append(workers)
+            super().__init__(workers, **kw)
+
+    monkeypatch.setattr(model_module, "ThreadPoolExecutor", Pool)
+    monkeypatch.setattr(model_module.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    starts = range(0, 50, 10)                     # 5 chunks
+    for threads, workers in [(0, [3]), (1, []), (2, [2]), (3, [3]), (8, [5])]:
+        pools.clear()
+        assert model_module._map_chunks(lambda s: s * s, starts, threads) == [s * s for s in starts]
+        assert pools == workers, threads
+    pools.clear()
+    assert model_module._map_chunks(lambda s: s + 1, [0], 4) == [1] and pools == []
+
+
+def test_the_train_command_passes_shards_to_the_recipe(monkeypatch):
+    import digitlab.train
+    from digitlab.cli import main
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_train_recipe(recipe, overrides, **kw):
+        seen.update(recipe=recipe, **overrides)
+        raise Stop
+
+    monkeypatch.setattr(digitlab.train, "train_recipe", fake_train_recipe)
+    with pytest.raises(Stop):
+        main(["train", "--recipe", "cnn", "--shards", "3", "--quiet"])
+    assert seen == {"recipe": "cnn", "shards": 3} and type(seen["shards"]) is int
+
+
+@pytest.mark.parametrize("folded", [False, True])
+def test_chunked_scores_in_threads_are_the_rows_of_one_forward_pass(folded):
+    """Any chunk size and thread count: every image's scores, in the images' order (a CNN normalises each chunk;
+    an MLP on uint8 pixels folds the normalisation into its first layer)."""
+    from digitlab.nn import Classifier
+
+    rng = np.random.default_rng(3)
+    if folded:
+        net = Sequential([Flatten(), Linear(out_features=16), ReLU(), Linear(out_features=5)], input_shape=(9, 9),
+                         rng=rng)
+    else:
+        net = _cnn(np.float32)
+    model = Classifier(net, class_names=list("abcde"), input_shape=[9, 9])
+    images = rng.integers(0, 256, (150, 9, 9)).astype(np.uint8)
+    want = net.forward(model.prepare(images), train=False)
+    for threads, batch_size in [(1, 64), (2, 64), (3, 7), (2, 150), (4, 1000)]:
+        model.inference_threads = threads
+        np.testing.assert_allclose(model.scores(images, batch_size), want, rtol=1e-5, atol=1e-5,
+                                   err_msg=f"{threads} threads, chunks of {batch_size}")

@@ -124,6 +124,11 @@ class Layer:
         new.ws = None
         return new
 
+    def add_grads(self, other: "Layer") -> None:
+        """Add a replica's gradients to this layer's (data-parallel shards sum their parts' gradients)."""
+        for g, g_other in zip(self.grads(), other.grads()):
+            g += g_other
+
     def _buf(self, key, shape, dtype, xp, train=True, zero=False):
         """A workspace array in training (reused while shape and dtype stay), a fresh one otherwise.
         zero=True: zeroed when (re)allocated only (for buffers whose untouched border must stay 0)."""
@@ -233,7 +238,8 @@ class Linear(Layer):
             dW_live = self._buf("dW_live", self.W.shape, dy.dtype, xp)[:len(self._cols)]
             xp.matmul(self._x.T, dy, out=dW_live)        # (k, N) @ (N, out) -> (k, out)
             # The rows of the all-zero columns get exactly 0: only those the last backward wrote need clearing
-            # (backward is the one writer of dW; zero_grad leaves zeros), a few rows instead of all of dW.
+            # (backward is the one writer of dW, add_grads widens _dW_rows, zero_grad leaves zeros): a few rows
+            # instead of all of dW.
             dead = ~self._live if self._dW_rows is None else self._dW_rows & ~self._live     # (in,)
             self.dW[dead] = 0
             self.dW[self._cols] = dW_live                # (in, out)
@@ -244,6 +250,11 @@ class Linear(Layer):
             return None
         dx = self._buf("dx", (len(dy), self.W.shape[0]), dy.dtype, xp)
         return xp.matmul(dy, self.W.T, out=dx)           # (N, out) @ (out, in) -> (N, in)
+
+    def add_grads(self, other: "Layer") -> None:
+        super().add_grads(other)
+        if self._dW_rows is not None:   # dW may now be non-zero where the other's last backward wrote too
+            self._dW_rows = None if other._dW_rows is None else self._dW_rows | other._dW_rows
 
     def spec(self) -> dict:
         spec = {"type": "Linear"}

@@ -19,7 +19,7 @@ Layers that mix the samples of a batch (BatchNorm) or draw random numbers in bat
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
@@ -61,13 +61,13 @@ class Shards:
 
         futures = [self._pool.submit(run, *part) for part in parts[1:]]
         try:
-            results = [run(*parts[0])]
+            first = run(*parts[0])
         finally:
-            results += [f.result() for f in futures]   # every thread done before anything reads the gradients
-        grads = self.nets[0].grads()
+            wait(futures)                               # every thread done before anything reads the gradients
+        results = [first] + [f.result() for f in futures]   # a part's error is raised as itself
         for net, _, _ in parts[1:]:                     # fixed order: the sum does not depend on thread timing
-            for g, g_part in zip(grads, net.grads()):
-                g += g_part
+            for layer, other in zip(self.nets[0].layers, net.layers):
+                layer.add_grads(other)
         loss = math.fsum(value * (hi - lo) for (value, _), (_, lo, hi) in zip(results, parts)) / b
         return loss, sum(correct for _, correct in results)
 
