@@ -405,3 +405,18 @@ def test_no_pyplot_and_no_matplotlib_until_a_plot_is_drawn(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "c.png").is_file()
+
+
+def test_overrides_leave_out_what_the_recipes_data_set_table_set():
+    import dataclasses
+
+    from digitlab.recipes import load_recipe
+
+    def config(**overrides):
+        return json.loads(json.dumps(dataclasses.asdict(load_recipe("cnn", overrides))))
+
+    assert plots.recipe_overrides(config()) == {}
+    assert plots.recipe_overrides(config(dataset="fashion-mnist")) == {"dataset": ("fashion-mnist", "mnist")}
+    assert plots.recipe_overrides(config(dataset="fashion-mnist", rotate=5, flip=False)) == {
+        "dataset": ("fashion-mnist", "mnist"), "rotate": (5.0, 0.0), "flip": (False, True)}
+    assert plots.recipe_overrides(config(flip=True)) == {"flip": (True, False)}
