@@ -187,6 +187,48 @@ def test_each_limit_alone_augments(digits, one):
     assert not any(np.array_equal(p[0], m[0]) for p, m in zip(plain, moved))
 
 
+def _mirrored(images, mask):  # (B, H, W), (B,) bool -> each image mirrored left-right where mask is set
+    return np.where(mask[:, None, None], images[:, :, ::-1], images)
+
+
+def test_flip_mirrors_about_half_of_the_images_exactly_as_the_seed_draws(digits):
+    images, labels = digits
+    plain, flipped = _all(images, labels, 4), _all(images, labels, 4, flip=True)
+    replay = np.random.default_rng(4)
+    replay.permutation(len(images))  # the epoch's order comes first, then one uniform per image per batch
+    masks = [replay.random(len(xp)) < 0.5 for xp, _ in plain]
+    for (xp, yp), (xf, yf), mask in zip(plain, flipped, masks):
+        assert np.array_equal(yp, yf)  # same order as without
+        np.testing.assert_array_equal(xf, _mirrored(xp, mask))
+        assert all(not np.array_equal(a, b) for a, b in zip(xp[mask], xf[mask]))  # no digit is its own mirror
+    share = np.concatenate(masks).mean()
+    assert 0.3 < share < 0.7 and share == np.mean([np.any(xf != xp, axis=(1, 2)) for (xp, _), (xf, _)
+                                                   in zip(plain, flipped)])
+    again = _all(images, labels, 4, flip=True)
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(flipped, again))
+    assert not all(np.array_equal(a[0], b[0]) for a, b in zip(flipped, _all(images, labels, 5, flip=True)))
+
+
+def test_flip_draws_after_shift_and_affine_and_is_applied_last(digits):
+    images, labels = digits
+    moved, both = _all(images, labels, 6, shift=1, **AUG), _all(images, labels, 6, shift=1, **AUG, flip=True)
+    replay = np.random.default_rng(6)
+    replay.permutation(len(images))
+    replay.integers(0, 3, size=(2, 16))  # the first batch's shift offsets, then its affine (4, B) uniforms
+    replay.random((4, 16))
+    mask = replay.random(16) < 0.5
+    np.testing.assert_array_equal(both[0][0], _mirrored(moved[0][0], mask))  # later batches' streams differ
+    same = _all(images, labels, 6, shift=1, **AUG, flip=False)  # no flip: no draws, the stream is unchanged
+    assert all(np.array_equal(m[0], s[0]) for m, s in zip(moved, same))
+
+
+def test_sequential_flip_leaves_the_callers_images_alone(digits):
+    images = digits[0][:8].copy()
+    before = images.copy()
+    (x, _), = batches(images, np.zeros(8), 8, order="sequential", rng=1, scheme="raw", flip=True)
+    assert np.array_equal(images, before) and not np.array_equal(x, before)
+
+
 def test_batches_refuse_bad_augmentation(digits):
     images, labels = digits
     with pytest.raises(ConfigError, match="rotate"):
@@ -195,6 +237,10 @@ def test_batches_refuse_bad_augmentation(digits):
         next(batches(images, labels, 8, order="sequential", scale=0.1))
     with pytest.raises(ConfigError, match="square"):
         next(batches(np.zeros((4, 10, 20), np.uint8), np.zeros(4), 2, rng=0, translate=1.0))
+    with pytest.raises(ConfigError, match="flip must be True or False"):
+        next(batches(images, labels, 8, rng=0, flip="yes"))
+    with pytest.raises(ConfigError, match="needs rng"):
+        next(batches(images, labels, 8, order="sequential", flip=True))
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -239,13 +285,13 @@ def test_recipe_augmentation_and_smoothing_reach_the_training_step(tmp_path, mon
     real = train_mod.batches
 
     def spy(*args, **kwargs):
-        seen.append({k: kwargs.get(k) for k in ("shift", "rotate", "scale", "translate")})
+        seen.append({k: kwargs.get(k) for k in ("shift", "rotate", "scale", "translate", "flip")})
         return real(*args, **kwargs)
 
     monkeypatch.setattr(train_mod, "batches", spy)
     quick = {**TINY, "steps": 3}
     smooth = train_mod.train_recipe("mlp", quick, out_dir=tmp_path / "s", quiet=True, report=False)
-    assert seen == [{"shift": 1, "rotate": 12.0, "scale": 0.1, "translate": 2.0}]
+    assert seen == [{"shift": 1, "rotate": 12.0, "scale": 0.1, "translate": 2.0, "flip": False}]
     plain = train_mod.train_recipe("mlp", {**quick, "label_smoothing": 0.0}, out_dir=tmp_path / "p", quiet=True,
                                    report=False)
     assert not _same(_weights(smooth.model), _weights(plain.model))  # the smoothed loss is what trains
@@ -286,3 +332,28 @@ def test_cli_plot_augment(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["path"] == str(out) and out.is_file()
     assert main(["plot", "augment", "mnist-sample", "--rotate", "400", "--out", str(tmp_path / "b.png")]) != 0
     assert "rotate" in capsys.readouterr().err and not (tmp_path / "b.png").exists()
+
+
+def test_augment_grid_shows_flips(digits):
+    from digitlab.plots import augment_grid
+
+    x = digits[0][:6]
+    grid = augment_grid(x, copies=4, seed=0, flip=True)
+    mirrored = np.array([[np.array_equal(c, o[:, ::-1]) for c in g[1:]] for g, o in zip(grid, x)])  # (6, 4)
+    kept = np.array([[np.array_equal(c, o) for c in g[1:]] for g, o in zip(grid, x)])
+    assert (mirrored ^ kept).all() and 0 < mirrored.sum() < mirrored.size
+
+
+def test_cli_plot_augment_takes_the_recipes_table_for_the_data_set(tmp_path, monkeypatch):
+    from digitlab import plots
+    from digitlab.cli import main
+
+    seen, real = [], plots.plot_augment
+    monkeypatch.setattr(plots, "plot_augment", lambda images, out, **kw: seen.append(kw) or real(images, out, **kw))
+    path = tmp_path / "mine.toml"
+    path.write_text("hidden = [10]\nrotate = 9.0\n[datasets.mnist-sample]\nrotate = 0.0\nflip = true\n")
+    for k, flags in enumerate([[], ["--no-flip", "--rotate", "3"]]):
+        out = tmp_path / f"{k}.png"
+        assert main(["plot", "augment", "mnist-sample", "--recipe", str(path), "--n", "2", *flags, "--out",
+                     str(out)]) == 0 and out.is_file()
+    assert [(kw["rotate"], kw["flip"]) for kw in seen] == [(0.0, True), (3.0, False)]

@@ -314,6 +314,21 @@ def test_run_report_links_existing_files_and_tables_match(softmax_run, mnist_tes
     assert len(overrides.splitlines()) == 2 + 2  # header, rule, exactly the two overridden fields
 
 
+def test_overrides_leave_out_what_the_recipes_data_set_table_set():
+    import dataclasses
+
+    from digitlab.recipes import load_recipe
+
+    def config(**overrides):
+        return json.loads(json.dumps(dataclasses.asdict(load_recipe("cnn", overrides))))
+
+    assert plots.recipe_overrides(config()) == {}
+    assert plots.recipe_overrides(config(dataset="fashion-mnist")) == {"dataset": ("fashion-mnist", "mnist")}
+    assert plots.recipe_overrides(config(dataset="fashion-mnist", rotate=5, flip=False)) == {
+        "dataset": ("fashion-mnist", "mnist"), "rotate": (5.0, 0.0), "flip": (False, True)}
+    assert plots.recipe_overrides(config(flip=True)) == {"flip": (True, False)}
+
+
 def test_run_report_html_is_one_self_contained_page(softmax_run, mnist_test):
     import base64
     from html.parser import HTMLParser

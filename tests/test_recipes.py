@@ -116,3 +116,44 @@ def test_pooled_split_uses_all_70000_images(mnist_dir):
     assert np.array_equal(data.test.labels, pooled.labels[test])
     assert np.array_equal(data.train.images, pooled.images[train])
     assert data.val is None
+
+
+@pytest.mark.parametrize("name, translate", [("cnn", 2.0), ("cnn-best", 2.5)])
+def test_fashion_mnist_table_turns_off_turns_and_zooms_and_mirrors(name, translate):
+    digits = load_recipe(name)
+    assert (digits.dataset, digits.rotate > 0, digits.scale > 0, digits.translate, digits.flip) == (
+        "mnist", True, True, translate, False)
+    assert load_recipe(name, {"dataset": "mnist"}) == digits
+    fashion = load_recipe(name, {"dataset": "fashion-mnist"})
+    assert (fashion.rotate, fashion.scale, fashion.translate, fashion.flip) == (0.0, 0.0, translate, True)
+    assert fashion == Recipe(**{**digits.__dict__, "dataset": "fashion-mnist", "rotate": 0.0, "scale": 0.0,
+                                "flip": True})  # nothing else changes
+    mine = load_recipe(name, {"dataset": "fashion-mnist", "rotate": 5, "flip": False})  # the user's overrides win
+    assert (mine.rotate, mine.scale, mine.flip) == (5.0, 0.0, False)
+
+
+def test_dataset_table_applies_when_the_file_names_that_data_set(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('dataset = "fashion-mnist"\nrotate = 8.0\n[datasets.fashion-mnist]\nrotate = 0.0\nflip = true\n'
+                    '[datasets.mnist-sample]\nepochs = 3\n')
+    r = load_recipe(path)
+    assert (r.rotate, r.flip, r.epochs) == (0.0, True, Recipe().epochs)
+    s = load_recipe(path, {"dataset": "mnist-sample"})
+    assert (s.rotate, s.flip, s.epochs) == (8.0, False, 3)
+
+
+@pytest.mark.parametrize("table, message", [
+    ("[datasets.fashion]\nflip = true\n", r"bad.toml: \[datasets.fashion\]: unknown data set 'fashion'"),
+    ("[datasets.fashion-mnist]\nrotat = 0.0\n", r"bad.toml: \[datasets.fashion-mnist\]: 'rotat' is not a recipe"),
+    ("[datasets.fashion-mnist]\nname = \"x\"\n", r"bad.toml: \[datasets.fashion-mnist\]: 'name' is not a recipe"),
+    ("[datasets.fashion-mnist]\ndataset = \"mnist\"\n", r"\[datasets.fashion-mnist\]: 'dataset' is not a recipe"),
+    ("[datasets.fashion-mnist]\nflip = \"yes\"\n", r"bad.toml.*\[datasets.fashion-mnist\]: field 'flip'.*wrong type"),
+    ("[datasets.fashion-mnist]\nrotate = 400.0\n", r"bad.toml.*\[datasets.fashion-mnist\]: .*rotate = 400.0"),
+    ("datasets = 3\n", r"bad.toml: datasets must be a table"),
+    ("[datasets]\nfashion-mnist = 1\n", r"bad.toml: \[datasets.fashion-mnist\] must be a table"),
+])
+def test_bad_dataset_tables_are_refused_even_when_not_applied(tmp_path, table, message):
+    path = tmp_path / "bad.toml"
+    path.write_text("hidden = [10]\n" + table)
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(path)  # the run's data set is mnist: the table would not apply, it is still checked

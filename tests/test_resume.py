@@ -161,3 +161,23 @@ def test_reproduce_judges_a_seed_dependent_figure_against_the_measured_spread():
     row = {"recipe": recipe.name, "system": recipe.system, "metric": "test_accuracy", "reported": recipe.reported,
            "reported_note": "", "target": bar, "judged": how, "ours": 0.9216, "ok": ok, "seconds": 1.0}
     assert "within seeds 0-4 spread 92.16-92.24 % (mean 92.20 %) ok" in _reproduce_table([row])
+
+
+def test_a_flipping_run_resumes_bit_identically_from_its_config_json(tmp_path):
+    # the flip comes from the recipe file's [datasets.mnist-sample] table; resume must take the resolved values
+    # from config.json, not from the file (changed here after the run started)
+    path = tmp_path / "mine.toml"
+    path.write_text('hidden = [32]\nepochs = 2\nbatch_size = 200\noptimizer = "adam"\nlr = 0.003\nseed = 7\n'
+                    'dataset = "mnist"\n[datasets.mnist-sample]\nflip = true\n')
+    over = {"dataset": "mnist-sample"}
+    straight = train_recipe(path, over, out_dir=tmp_path / "straight", quiet=True, report=False)
+    unflipped = train_recipe(path, {**over, "flip": False}, out_dir=tmp_path / "plain", quiet=True, report=False)
+    assert not all(np.array_equal(a, b) for a, b in zip(_weights(straight).values(), _weights(unflipped).values()))
+    run = tmp_path / "run"
+    with pytest.raises(Killed):
+        train_recipe(path, over, out_dir=run, quiet=True, report=False, callback=_kill_at(PER_EPOCH + 17))
+    assert json.loads((run / "config.json").read_text())["flip"] is True
+    path.write_text('hidden = [32]\nepochs = 2\n')  # the file no longer says flip
+    resumed = train_recipe(None, out_dir=run, quiet=True, resume=True, report=False)
+    assert resumed.recipe.flip and resumed.recipe.dataset == "mnist-sample"
+    _assert_same(_weights(resumed), _weights(straight))

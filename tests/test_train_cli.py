@@ -169,3 +169,21 @@ def test_gradcheck_passes_for_recipe_models(capsys, recipe):
 def test_gradcheck_fails_loudly_with_a_tiny_tolerance(capsys):
     assert main(["gradcheck", "--recipe", "seed-001-softmax", "--tolerance", "0"]) == 1
     assert "FAILED" in capsys.readouterr().out
+
+
+def test_flip_flag_reaches_the_recipe_and_config_json(tmp_path, capsys, monkeypatch):
+    real, seen = digitlab.train.train_recipe, []
+
+    def record(name, overrides, **kwargs):
+        seen.append((name, overrides))
+        raise digitlab.train.TrainingInterrupted("stopped by the test")
+
+    monkeypatch.setattr(digitlab.train, "train_recipe", record)
+    for flags in (["--flip"], ["--no-flip"], []):
+        assert main(["train", "--recipe", "cnn", "--dataset", "fashion-mnist", *flags]) == 130
+    assert [o for _, o in seen] == [{"dataset": "fashion-mnist", "flip": True},
+                                    {"dataset": "fashion-mnist", "flip": False}, {"dataset": "fashion-mnist"}]
+    monkeypatch.setattr(digitlab.train, "train_recipe", real)
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "--flip", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["flip"] is True

@@ -206,6 +206,40 @@ def test_fit_visits_every_training_image_once_per_epoch_in_a_fresh_random_order(
     assert first != second  # a new permutation each epoch
 
 
+def test_fit_applies_the_recipes_flip_to_about_half_of_the_steps(tmp_path):
+    """Batch of one, linear model: each step's update is a multiple of the image it saw, mirrored or not."""
+    images, _ = digitlab.data.load("mnist-sample", split="train")
+    X = normalize(images, "unit", np.float64)  # (10000, 28, 28)
+    both = np.concatenate([X, X[:, :, ::-1]]).reshape(2 * len(X), -1)  # originals, then their mirror images
+    both /= np.linalg.norm(both, axis=1, keepdims=True)
+    previous, seen = np.zeros((784, 10)), []
+
+    def which_image(state, model):
+        W = next(v for k, v in model.net.state_dict().items() if k.endswith(".W"))
+        delta = W - previous
+        previous[...] = W
+        column = delta[:, np.argmax(np.linalg.norm(delta, axis=0))]
+        cosine = both @ (column / np.linalg.norm(column))  # (20000,)
+        best = int(np.argmax(np.abs(cosine)))
+        assert abs(cosine[best]) > 1 - 1e-9, "a step's update is neither a training image nor its mirror image"
+        seen.append(divmod(best, len(X)))  # (mirrored?, image)
+
+    train_recipe("mlp", {**ORDER, "flip": True}, out_dir=tmp_path / "flip", quiet=True, report=False,
+                 callback=which_image)
+    mirrored = [m for m, _ in seen]
+    assert len(seen) == 100 and 30 <= sum(mirrored) <= 70
+    assert sorted(i for _, i in seen[:50]) == sorted(i for _, i in seen[50:])  # still each image once per epoch
+
+
+def test_full_batch_training_still_flips_every_step(tmp_path):
+    """One batch per epoch normalises the data once unless the recipe augments: flip must count as augmenting."""
+    plain, _ = _trajectory(tmp_path, {}, "plain")
+    flipped, _ = _trajectory(tmp_path, {"flip": True}, "flipped")
+    again, _ = _trajectory(tmp_path, {"flip": True}, "again")
+    assert not np.array_equal(plain[0]["W"], flipped[0]["W"])
+    assert all(np.array_equal(a["W"], b["W"]) for a, b in zip(flipped, again))
+
+
 # ------------------------------------------------------------------------------------------------ square layers
 def test_gradients_of_a_network_of_square_layers():
     """16-16-16 layers and a batch of 16: dx = dy W^T and dW = x^T dy keep their shapes when transposed wrongly."""

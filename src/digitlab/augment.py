@@ -1,9 +1,11 @@
-"""Random affine augmentation of image batches: rotation, scale and sub-pixel translation, bilinear sampling.
+"""Random augmentation of image batches: affine (rotation, scale and sub-pixel translation, bilinear sampling)
+and left-right mirroring.
 
     from digitlab.augment import random_affine, warp
     rng = np.random.default_rng(0)
     moved = random_affine(images, rng, rotate=12.0, scale=0.1, translate=2.0)   # float32 (B, 28, 28)
     same = warp(images, angle=np.zeros(B), scale=np.ones(B), shift=np.zeros((B, 2)))  # == images, exactly
+    mirrored = random_flip(images, rng)          # each image mirrored left-right with probability 1/2
 
 Works on pixel values, not on normalised ones: `images` are uint8 0..255 (or float in any scale whose
 background is `fill`, 0 by default) of shape (B, H, W) or (B, H, W, 1), and the result is float (float32 for
@@ -28,7 +30,7 @@ import numpy as np
 from digitlab.errors import ConfigError, DataError
 from digitlab.nn.backend import array_module
 
-__all__ = ["random_affine", "warp", "draw_params", "check_limits"]
+__all__ = ["random_affine", "random_flip", "warp", "draw_params", "check_limits"]
 
 
 LIMITS = {"rotate": (180.0, True, "0..180 degrees"), "scale": (1.0, False, "a fraction in [0, 1)"),
@@ -118,3 +120,13 @@ def random_affine(images, rng: np.random.Generator, *, rotate: float = 0.0, scal
     check_limits(rotate, scale, translate)
     angle, zoom, shift = draw_params(rng, len(images), rotate, scale, translate)
     return warp(images, angle, zoom, shift, fill)
+
+
+def random_flip(images, rng: np.random.Generator):
+    """A new batch in which each image is mirrored left-right with probability 1/2 (one uniform per image drawn
+    from `rng`, whatever the batch holds); the others are copied unchanged. Vectorised: one `where` over the
+    batch."""
+    xp = array_module(images)
+    x = _as_batch(images)
+    mirror = xp.asarray(rng.random(len(x)) < 0.5)                      # (B,) which images to mirror
+    return xp.where(mirror[:, None, None], x[:, :, ::-1], x).reshape(images.shape)

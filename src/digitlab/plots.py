@@ -6,7 +6,7 @@
     plots.plot_confusion(model, images, labels, "confusion.png")      # counts + row-normalised
     plots.plot_mistakes(model, images, labels, "mistakes.png", n=36)  # most confident mistakes
     plots.plot_samples(images, labels, "samples.png", per_class=10)   # a grid of examples per class
-    plots.plot_augment(images, "augment.png", rotate=12, scale=0.1, translate=2)  # originals | augmented copies
+    plots.plot_augment(images, "augment.png", rotate=12, scale=0.1, translate=2, flip=True)  # originals | copies
     plots.plot_filters(cnn, "filters.png")                            # first convolution layer's kernels
     plots.plot_activations(cnn, image, "activations.png")             # feature maps of each conv layer
     plots.write_run_report("runs/mlp", model, test_images, test_labels)  # all of the above + report.md
@@ -516,7 +516,7 @@ def plot_samples(images, labels, out, per_class: int = 10, class_names: list[str
 
 def augment_grid(images, copies: int = 5, seed: int = 0, **augmentation) -> np.ndarray:
     """(N, 1 + copies, 28, 28) float32 pixels: each image followed by `copies` augmented versions of it, made by
-    the training pipeline itself (`batches` with the recipe's shift / rotate / scale / translate keywords)."""
+    the training pipeline itself (`batches` with the recipe's shift / rotate / scale / translate / flip keywords)."""
     from digitlab.data.dataset import batches
 
     if copies < 1:
@@ -541,7 +541,8 @@ def plot_augment(images, out, copies: int = 5, seed: int = 0, title: str = "", *
     ax.imshow(_montage(grid.reshape(-1, SIDE, SIDE), 1 + copies, 2, 0, 0.0), cmap="gray_r",
               interpolation="nearest", vmin=0, vmax=255)
     _bare(ax)
-    settings = ", ".join(f"{k} {v:g}" for k, v in augmentation.items() if v) or "no augmentation"
+    settings = ", ".join(k if isinstance(v, bool) else f"{k} {v:g}" for k, v in augmentation.items() if v) \
+        or "no augmentation"
     fig.suptitle(title or f"original | {copies} augmented copies ({settings})")
     return _save(fig, "augment", out)
 
@@ -708,13 +709,18 @@ def _report_markdown(name, metadata, summary, config, counts, names, accuracy, n
 
 def recipe_overrides(config: dict) -> dict[str, tuple]:
     """{field: (this run's value, the shipped recipe's value)} for each field a run's config changed from the
-    shipped recipe of the same name; {} for a recipe that is not shipped (a .toml file: nothing to compare)."""
+    shipped recipe of the same name; {} for a recipe that is not shipped (a .toml file: nothing to compare).
+    A field the recipe's own [datasets.<run's data set>] table set is not an override; the data set itself is
+    compared with the recipe's plain one."""
     from digitlab.recipes import load_recipe, recipe_names
 
     name = config.get("name")
     if name not in recipe_names():
         return {}
-    base = json.loads(json.dumps(dataclasses.asdict(load_recipe(name))))  # tuples -> lists, as in config.json
+    plain = load_recipe(name)
+    dataset = config.get("dataset", plain.dataset)
+    base = json.loads(json.dumps(dataclasses.asdict(load_recipe(name, {"dataset": dataset}))))  # tuples -> lists
+    base["dataset"] = plain.dataset
     return {k: (v, base.get(k)) for k, v in config.items() if k in base and v != base[k]}
 
 
@@ -744,7 +750,7 @@ def _verdict_lines(config: dict, summary: dict, accuracy: float) -> list[str]:
     lines += ["## Verdict", "", f"**{'ok' if ok else 'MISSED'}**: {_pct(ours)} {what} accuracy; {against}."]
     if overrides and bar is not None:
         lines += ["", "The target is the recipe's as written; with the overrides above it is a reference only."]
-    if recipe.dropout or recipe.shift or recipe.rotate or recipe.scale or recipe.translate:
+    if recipe.dropout or recipe.shift or recipe.rotate or recipe.scale or recipe.translate or recipe.flip:
         lines += ["", "Train accuracy is measured on the training batches as trained (with dropout / augmentation), "
                       "so it can sit below test accuracy."]
     return lines + [""]

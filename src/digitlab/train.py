@@ -171,7 +171,8 @@ def _epoch_batches(recipe: Recipe, plan: Plan, train: Split, full_x, epoch: int,
         return iter([(full_x, train.labels.astype(np.int64))])
     return batches(train.images, train.labels, plan.batch_size, order=recipe.order, rng=rng,
                    scheme=recipe.normalization, dtype=np.dtype(recipe.dtype), steps=plan.steps_in(epoch),
-                   shift=recipe.shift, rotate=recipe.rotate, scale=recipe.scale, translate=recipe.translate)
+                   shift=recipe.shift, rotate=recipe.rotate, scale=recipe.scale, translate=recipe.translate,
+                   flip=recipe.flip)
 
 
 # ------------------------------------------------------------------------------------------------ fit
@@ -203,7 +204,7 @@ def fit(model: Classifier, optimizer, data: RunData, recipe: Recipe, state: Trai
     plan = Plan.of(recipe, len(data.train.labels))
     loss_fn = get_loss(recipe.loss, recipe.label_smoothing)  # the model's loss, smoothed for training
     schedule = _schedule(recipe, plan)
-    augmenting = recipe.shift or recipe.rotate or recipe.scale or recipe.translate
+    augmenting = recipe.shift or recipe.rotate or recipe.scale or recipe.translate or recipe.flip
     one_batch = plan.per_epoch == 1 and not augmenting  # full batch, nothing to augment: normalise once
     full_x = normalize(data.train.images, recipe.normalization, recipe.dtype) if one_batch else None
     bar = tqdm(total=plan.total, initial=state.step, unit="step", leave=False, desc=recipe.name,

@@ -9,6 +9,7 @@
     digitlab plot samples mnist --per-class 10             # -> ./samples-mnist.png
     digitlab plot augment mnist --recipe cnn               # -> ./augment-mnist.png (the recipe's augmentation)
     digitlab plot augment mnist --rotate 12 --scale 0.1 --translate 2
+    digitlab plot augment fashion-mnist --recipe cnn       # cnn's [datasets.fashion-mnist]: no turns, flips
     digitlab plot curves runs/mlp --json                   # {"path": ..., "width": ..., "height": ...}
 
 Model plots are written next to the model (its run folder) unless `--out` says otherwise; figures of the
@@ -18,6 +19,7 @@ in the name (confusion-train.png). matplotlib is imported only when a plot is dr
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from digitlab.commands._common import add_json_flag, emit
@@ -25,8 +27,9 @@ from digitlab.commands._common import add_json_flag, emit
 SPLITS = ("train", "test", "all")  # as digitlab.data.load
 # `plot augment` flags: recipe field, type, help; defaults when no --recipe is given (issue 9's example)
 AUGMENT_FLAGS = (("shift", int, "whole-pixel shift, pixels"), ("rotate", float, "rotation, degrees"),
-                 ("scale", float, "zoom, fraction"), ("translate", float, "sub-pixel translation, pixels"))
-AUGMENT_DEFAULTS = {"shift": 0, "rotate": 12.0, "scale": 0.1, "translate": 2.0}
+                 ("scale", float, "zoom, fraction"), ("translate", float, "sub-pixel translation, pixels"),
+                 ("flip", bool, "mirror left-right with probability 1/2"))
+AUGMENT_DEFAULTS = {"shift": 0, "rotate": 12.0, "scale": 0.1, "translate": 2.0, "flip": False}
 DATA_DIR_HELP = "folder holding the data set files (default: digitlab's usual lookup and cache)"
 
 
@@ -98,13 +101,14 @@ def register(subparsers) -> None:
 
     a = kinds.add_parser("augment", help="originals next to augmented copies, as training sees them",
                          description="A grid: the first images of a split, each followed by copies augmented "
-                                     "exactly as training does (shift, then rotate/scale/translate).")
+                                     "exactly as training does (shift, then rotate/scale/translate, then flip).")
     a.add_argument("dataset", metavar="DATASET", type=str, help="data set name: mnist, fashion-mnist, mnist-sample")
     a.add_argument("--recipe", type=str, default=None,
                    help="take the augmentation from this recipe (name or .toml); flags below override it")
     for name, kind, text in AUGMENT_FLAGS:
-        a.add_argument(f"--{name}", type=kind, default=None, help=f"{text} (default: {AUGMENT_DEFAULTS[name]:g}, "
-                                                                  f"or the recipe's)")
+        how = {"action": argparse.BooleanOptionalAction} if kind is bool else {"type": kind}  # --flip / --no-flip
+        default = ("on" if AUGMENT_DEFAULTS[name] else "off") if kind is bool else f"{AUGMENT_DEFAULTS[name]:g}"
+        a.add_argument(f"--{name}", default=None, help=f"{text} (default: {default}, or the recipe's)", **how)
     a.add_argument("--n", type=int, default=8, help="how many originals (rows) to show (default: 8)")
     a.add_argument("--copies", type=int, default=5, help="augmented copies per original (default: 5)")
     a.add_argument("--seed", type=int, default=0, help="seed of the augmentation draws (default: 0)")
@@ -261,8 +265,8 @@ def cmd_augment(args) -> int:
         if getattr(args, flag) < 1:
             raise ConfigError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     given = {name: getattr(args, name) for name, _, _ in AUGMENT_FLAGS if getattr(args, name) is not None}
-    base = ({name: getattr(load_recipe(args.recipe), name) for name in AUGMENT_DEFAULTS} if args.recipe
-            else AUGMENT_DEFAULTS)
+    recipe = load_recipe(args.recipe, {"dataset": args.dataset}) if args.recipe else None  # its [datasets.X] too
+    base = {name: getattr(recipe, name) for name in AUGMENT_DEFAULTS} if recipe else AUGMENT_DEFAULTS
     settings = {**base, **given}
     check_limits(settings["rotate"], settings["scale"], settings["translate"])
     if not 0 <= settings["shift"] < 14:

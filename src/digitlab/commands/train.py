@@ -78,6 +78,7 @@ TRAIN_OVERRIDES = {
     "rotate": (float, "augmentation: turn each training image by up to this many degrees (0 = none)"),
     "scale": (float, "augmentation: zoom each training image by 1 +- this fraction (0 = none)"),
     "translate": (float, "augmentation: move each training image by up to this many pixels, sub-pixel (0 = none)"),
+    "flip": (bool, "augmentation: mirror each training image left-right with probability 1/2 (--no-flip: never)"),
     "label_smoothing": (float, "softmax_ce label smoothing in [0, 1) (0 = none)"),
     "schedule": (str, "learning-rate schedule: constant, cosine, step or onecycle"),
     "seed": (int, "the one seed for init, splits, order, shifts and dropout"),
@@ -97,8 +98,9 @@ def _register_train(sub) -> None:
     p.add_argument("--recipe", type=str, default=None,
                    help="recipe name or path to a .toml (default: the default recipe, marked in `digitlab recipes`)")
     for name, (kind, text) in TRAIN_OVERRIDES.items():
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None,
-                       help=f"{text} (default: the recipe's)")
+        how = {"action": argparse.BooleanOptionalAction} if kind is bool else {"type": kind}  # --flip / --no-flip
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=f"{text} (default: the recipe's)",
+                       **how)
     p.add_argument("--data-dir", type=str, default=None,
                    help="folder holding the data set files (default: digitlab's usual lookup and cache)")
     p.add_argument("--out", type=str, default=None, help="run folder (default: runs/<recipe>-<YYYYmmdd-HHMMSS>)")

@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from digitlab.augment import check_limits, random_affine
+from digitlab.augment import check_limits, random_affine, random_flip
 from digitlab.errors import ConfigError, DataError
 
 __all__ = [
@@ -293,6 +293,7 @@ def batches(
     rotate: float = 0.0,
     scale: float = 0.0,
     translate: float = 0.0,
+    flip: bool = False,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (x float [B, *image shape] in `scheme`, y int64 [B]) mini-batches (images keep their shape).
 
@@ -306,6 +307,8 @@ def batches(
     turned by up to +-rotate degrees, zoomed by 1 +- scale and moved by up to +-translate pixels (sub-pixel,
     bilinear), applied to the 0..255 pixels after `shift` and before normalising (so the background stays the
     normalised 0 pixel); its 4 numbers per image are drawn from `rng` after the shift's. All zero: no draws.
+    flip: each image mirrored left-right with probability 1/2 (`digitlab.augment.random_flip`), applied last,
+    before normalising; its one number per image is drawn from `rng` after the affine's. False: no draws.
     """
     x = np.asarray(images)
     n = len(x)
@@ -326,15 +329,18 @@ def batches(
     if not isinstance(shift, (int, np.integer)) or shift < 0:
         raise ConfigError(f"shift must be a non-negative integer number of pixels, got {shift!r}")
     check_limits(rotate, scale, translate)
+    if not isinstance(flip, (bool, np.bool_)):
+        raise ConfigError(f"flip must be True or False, got {flip!r}")
     warping = bool(rotate or scale or translate)
-    if (shift or warping) and not side:
-        what = f"shift={shift}" if shift else "affine augmentation"
+    augmenting = bool(shift or warping or flip)
+    if augmenting and not side:
+        what = f"shift={shift}" if shift else "affine augmentation" if warping else "flip"
         raise ConfigError(f"{what} needs square images, got images of shape {tuple(np.shape(images)[1:])}")
     if shift and shift >= side:
         raise ConfigError(f"shift={shift} must be smaller than the image side ({side} pixels)")
-    if order != "sequential" or shift or warping:
+    if order != "sequential" or augmenting:
         if rng is None:
-            raise ConfigError(f"order={order!r}{' with augmentation' if shift or warping else ''} needs rng= "
+            raise ConfigError(f"order={order!r}{' with augmentation' if augmenting else ''} needs rng= "
                               f"(a numpy.random.Generator or an int seed)")
         if not isinstance(rng, np.random.Generator):
             rng = np.random.default_rng(rng)
@@ -354,6 +360,8 @@ def batches(
             xb = random_shift(xb, shift, rng, pad)
         if warping:  # (B, side, side) float pixels on the input's scale, background 0
             xb = random_affine(xb, rng, rotate=rotate, scale=scale, translate=translate)
+        if flip:  # a new array: a sequential batch is a view of the caller's images
+            xb = random_flip(xb, rng)
         return _scale_into(xb, scheme, dtype, from_unit)
 
     def one(idx):  # (B,) indices -> (B, H, W) float, (B,) int64

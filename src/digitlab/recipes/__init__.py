@@ -22,7 +22,16 @@ so that `digitlab reproduce` can compare. The network is either the MLP shorthan
     [[architecture]]
     type = "Linear"
     out = 10            # "in" comes from the layer before; "init" may name an initializer per layer
- `load_recipe` also accepts a path to your own `.toml` file.
+ A `[datasets.<name>]` table (any data set name digitlab knows) holds fields that apply when the run's data set
+is that one, whether the file or an override chose it, e.g. no rotation but mirroring for Fashion-MNIST:
+
+    [datasets.fashion-mnist]
+    rotate = 0.0
+    flip = true
+
+They apply after the file's own values and before `overrides` (the user's overrides always win); the resolved
+`Recipe` (a run's config.json) holds the final values, not the table.
+`load_recipe` also accepts a path to your own `.toml` file.
 Anything wrong in a file or an override raises `ConfigError` naming the recipe and the field.
 """
 
@@ -87,6 +96,8 @@ class Recipe:
     rotate: float = 0.0  # augmentation: turn each training image by up to +-rotate degrees (bilinear), per step
     scale: float = 0.0  # augmentation: zoom each training image by a factor in 1 +- scale (0.1 = +-10 %)
     translate: float = 0.0  # augmentation: move each training image by up to +-translate pixels (sub-pixel)
+    flip: bool = False  # augmentation: mirror each training image left-right with probability 1/2, per step; for
+    #                     data sets where a mirror image keeps its label, not digits
     loss: str = "softmax_ce"  # softmax_ce | softmax_mse | sigmoid_bce (one-vs-rest)
     label_smoothing: float = 0.0  # softmax_ce: train against (1 - e) one-hot + e / classes
     # --- optimisation ---
@@ -152,7 +163,10 @@ def load_recipe(name: str | Path, overrides: dict[str, Any] | None = None) -> Re
         raise ConfigError(f"recipe {label}: not valid TOML ({exc})") from None
     values = _flatten(raw, label)
     values.setdefault("name", stem)
-    values.update(overrides or {})
+    tables = _dataset_tables(raw, values, label)
+    overrides = overrides or {}
+    values.update(tables.get(overrides.get("dataset", values.get("dataset", FIELDS["dataset"].default)), {}))
+    values.update(overrides)
     return make_recipe(values, label)
 
 
@@ -182,7 +196,7 @@ def _read(name) -> tuple[str, str, str]:
 
 
 def _flatten(raw: dict, label: str) -> dict:
-    values = {k: v for k, v in raw.items() if k != "reported"}
+    values = {k: v for k, v in raw.items() if k not in ("reported", "datasets")}
     reported = raw.get("reported", {})
     if not isinstance(reported, dict):
         raise ConfigError(f"recipe {label}: [reported] must be a table")
@@ -192,6 +206,27 @@ def _flatten(raw: dict, label: str) -> dict:
             raise ConfigError(f"recipe {label}: unknown key reported.{key} (use {', '.join(REPORTED_KEYS)})")
         values[target] = value
     return values
+
+
+def _dataset_tables(raw: dict, values: dict, label: str) -> dict[str, dict]:
+    """The file's [datasets.<name>] tables, each checked: a known data set, overridable fields only (not
+    `dataset`), and the file's values with the table applied must make a valid recipe."""
+    from digitlab.data.sources import REGISTRY
+
+    tables = raw.get("datasets", {})
+    if not isinstance(tables, dict):
+        raise ConfigError(f"recipe {label}: datasets must be a table of [datasets.<name>] tables")
+    for name, table in tables.items():
+        where = f"recipe {label}: [datasets.{name}]"
+        if name not in REGISTRY:
+            raise ConfigError(f"{where}: unknown data set {name!r} (known: {', '.join(REGISTRY)})")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where} must be a table of recipe fields")
+        for key in table:
+            if key not in OVERRIDABLE or key == "dataset":
+                raise ConfigError(f"{where}: {key!r} is not a recipe field that can be set per data set")
+        make_recipe({**values, **table, "dataset": name}, where)
+    return tables
 
 
 def _coerce(key: str, value: Any, label: str) -> Any:
