@@ -193,7 +193,7 @@ def test_layers_refuse_shapes_they_cannot_take():
                       input_shape=(28, 28)).output_shape == (14 * 14 * 8,)
 
 
-TINY_CNN = {"dataset": "mnist-sample", "epochs": 2, "batch_size": 64, "lr": 0.003, "seed": 3, "shift": 0,
+TINY_CNN = {"dataset": "mnist-sample", "epochs": 2, "batch_size": 64, "lr": 0.003, "seed": 3, "shift": 0, "shards": 1,
             "architecture": [{"type": "Conv2D", "filters": 8, "kernel": 3, "stride": 2, "bias": False},
                              {"type": "BatchNorm"}, {"type": "ReLU"}, {"type": "MaxPool2D", "pool": 2},
                              {"type": "Flatten"}, {"type": "Dropout", "p": 0.1}, {"type": "Linear", "out": 10}]}

@@ -120,7 +120,7 @@ def test_trained_cnn_exports_through_the_cli(tmp_path, capsys):
     arch = [conv(4, 3, 2, "same", bias=False), {"type": "BatchNorm"}, {"type": "ReLU"},
             {"type": "AvgPool2D", "pool": 2}, conv(8, 3), {"type": "ReLU"}, {"type": "GlobalAvgPool"},
             {"type": "Linear", "out": 10}]
-    model = _train("cnn", {"dataset": "mnist-sample", "architecture": arch, "steps": 10, "batch_size": 64},
+    model = _train("cnn", {"dataset": "mnist-sample", "architecture": arch, "steps": 10, "batch_size": 64, "shards": 1},
                    tmp_path)
     assert model.net.layers[1].running_mean.any()
     src = tmp_path / "run" / "model.safetensors"

@@ -79,7 +79,8 @@ def check_shardable(net, n: int) -> None:
     blocked = [f"layer {i} ({type(layer).__name__}: {layer.not_shardable})"
                for i, layer in enumerate(net.layers) if layer.not_shardable]
     if n > 1 and blocked:
-        raise ConfigError(f"shards = {n} needs layers that treat each sample on its own, not {'; '.join(blocked)}")
+        raise ConfigError(f"shards = {n} needs layers that treat each sample on its own, not "
+                          f"{'; '.join(blocked)}: set shards = 1")
 
 
 def _forward_backward(net, x, y, loss_fn, scale: float) -> tuple[float, int]:
