@@ -320,12 +320,12 @@ def test_overrides_leave_out_what_the_recipes_data_set_table_set():
     from digitlab.recipes import load_recipe
 
     def config(**overrides):
-        return json.loads(json.dumps(dataclasses.asdict(load_recipe("cnn", overrides))))
+        return json.loads(json.dumps(dataclasses.asdict(load_recipe("cnn-best", overrides))))
 
     assert plots.recipe_overrides(config()) == {}
     assert plots.recipe_overrides(config(dataset="fashion-mnist")) == {"dataset": ("fashion-mnist", "mnist")}
     assert plots.recipe_overrides(config(dataset="fashion-mnist", rotate=5, flip=False)) == {
-        "dataset": ("fashion-mnist", "mnist"), "rotate": (5.0, 0.0), "flip": (False, True)}
+        "dataset": ("fashion-mnist", "mnist"), "rotate": (5.0, 0.0), "flip": (False, True)}   # not the table's
     assert plots.recipe_overrides(config(flip=True)) == {"flip": (True, False)}
 
 
