@@ -171,12 +171,15 @@ def test_inference_chunks_run_in_threads_and_give_the_same_scores(sample_cnn):
 
     model.net.forward = spy
     try:
-        for threads in (2, 3):
-            model.inference_threads = threads
-            np.testing.assert_array_equal(model.scores(images, batch_size=64), one)   # same chunks, same order
+        model.inference_threads = 2
+        two = model.scores(images, batch_size=64)
+        model.inference_threads = 3
+        np.testing.assert_array_equal(model.scores(images, batch_size=64), two)   # same chunks, same order
     finally:
         del model.net.forward
         model.inference_threads = 0
+    # chunk threads run BLAS on one thread, which may round its products differently from BLAS's own threads
+    np.testing.assert_allclose(two, one, rtol=1e-5, atol=1e-5)
     assert len({name for name in seen if name.startswith("digitlab-infer")}) >= 2
     assert one.shape == (300, 10)
     np.testing.assert_array_equal(one[:64], model.scores(images[:64]))    # a chunk alone gives the same rows
@@ -278,3 +281,33 @@ def test_chunked_scores_in_threads_are_the_rows_of_one_forward_pass(folded):
         model.inference_threads = threads
         np.testing.assert_allclose(model.scores(images, batch_size), want, rtol=1e-5, atol=1e-5,
                                    err_msg=f"{threads} threads, chunks of {batch_size}")
+
+
+def test_cnns_score_chunks_in_threads_on_one_blas_thread_and_mlps_on_blas_threads():
+    """A CNN's default: chunk threads (one per CPU), BLAS limited to one thread while they run and restored after;
+    a network of Linear layers: one chunk at a time on BLAS's own threads."""
+    from threadpoolctl import threadpool_info
+
+    from digitlab.nn import Classifier
+
+    def blas_threads():
+        return {info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}
+
+    rng = np.random.default_rng(4)
+    cnn = Classifier(_cnn(np.float32), class_names=list("abcde"), input_shape=[9, 9])
+    mlp = Classifier(Sequential([Flatten(), Linear(out_features=5)], input_shape=(9, 9), rng=rng),
+                     class_names=list("abcde"), input_shape=[9, 9])
+    assert (cnn.inference_threads, mlp.inference_threads) == (0, 1)
+    before = blas_threads()
+    seen = []
+    forward = cnn.net.forward
+
+    def spy(x, train=True):
+        seen.append((threading.current_thread().name, blas_threads()))
+        return forward(x, train)
+
+    cnn.net.forward = spy
+    cnn.inference_threads = 2
+    cnn.scores(rng.integers(0, 256, (40, 9, 9)).astype(np.uint8), batch_size=10)
+    assert len(seen) == 4 and all(name.startswith("digitlab-infer") and b == {1} for name, b in seen)
+    assert blas_threads() == before

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -64,15 +65,23 @@ def _input_shape(shape, net: Sequential) -> list[int]:
     return list(shape)
 
 
+# BLAS's thread count is one setting for the whole process: chunk threads that set it take turns.
+_BLAS_SETTING = threading.Lock()
+
+
 def _map_chunks(fn, starts, threads: int = 0) -> list:
-    """[fn(s) for s in starts] over up to `threads` threads (0: one per CPU this process may use). NumPy's loops
-    and BLAS release the GIL, so chunks run side by side; a chunk's result does not depend on the thread."""
+    """[fn(s) for s in starts] over up to `threads` threads (0: one per CPU this process may use), BLAS on one
+    thread meanwhile. NumPy's loops and BLAS release the GIL, so chunks run side by side (two threads calling a
+    multi-threaded OpenBLAS wait for each other instead); a chunk's result does not depend on the thread."""
+    from threadpoolctl import threadpool_limits
+
     starts = list(starts)
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = min(len(starts), threads or usable)
     if threads <= 1:
         return [fn(s) for s in starts]
-    with ThreadPoolExecutor(threads, thread_name_prefix="digitlab-infer") as pool:
+    with _BLAS_SETTING, threadpool_limits(1, user_api="blas"), \
+            ThreadPoolExecutor(threads, thread_name_prefix="digitlab-infer") as pool:
         return list(pool.map(fn, starts))
 
 
@@ -94,7 +103,10 @@ class Classifier:
             raise ConfigError(f"{len(self.class_names)} class_names for a network with {n_out} outputs")
         self.input_shape = _input_shape(input_shape, net)
         self.metadata = dict(metadata or {})
-        self.inference_threads = 0  # chunks scored side by side in this many threads (0: one per usable CPU)
+        # Chunks scored side by side in this many threads (0: one per usable CPU). CNNs: their im2col copies and
+        # pooling are element-wise work BLAS threads do not share; networks of Linear layers are nearly all BLAS
+        # products, faster on BLAS's own threads (BENCHMARKS.md, "Inference threads").
+        self.inference_threads = 0 if any(isinstance(layer, Conv2D) for layer in net.layers) else 1
 
     @property
     def loss_name(self) -> str:
