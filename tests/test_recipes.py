@@ -120,9 +120,10 @@ def test_pooled_split_uses_all_70000_images(mnist_dir):
 
 # recipe: (digit translate, Fashion-MNIST's (translate, flip)): cnn-best mirrors clothes; cnn's small network
 # underfits them in 5 epochs, so its table turns augmentation off altogether
-@pytest.mark.parametrize("name, translate, fashion_translate, fashion_flip", [("cnn", 2.0, 0.0, False),
-                                                                           ("cnn-best", 2.5, 2.5, True)])
-def test_fashion_mnist_table_turns_off_turns_and_zooms(name, translate, fashion_translate, fashion_flip):
+@pytest.mark.parametrize("name, translate, fashion_translate, fashion_flip, fashion_epochs", [
+    ("cnn", 2.0, 0.0, False, 5), ("cnn-best", 2.5, 1.0, True, 20)])
+def test_fashion_mnist_table_turns_off_turns_and_zooms(name, translate, fashion_translate, fashion_flip,
+                                                       fashion_epochs):
     digits = load_recipe(name)
     assert (digits.dataset, digits.rotate > 0, digits.scale > 0, digits.translate, digits.flip) == (
         "mnist", True, True, translate, False)
@@ -131,7 +132,8 @@ def test_fashion_mnist_table_turns_off_turns_and_zooms(name, translate, fashion_
     assert (fashion.rotate, fashion.scale, fashion.translate, fashion.flip) == (0.0, 0.0, fashion_translate,
                                                                                 fashion_flip)
     assert fashion == Recipe(**{**digits.__dict__, "dataset": "fashion-mnist", "rotate": 0.0, "scale": 0.0,
-                                "translate": fashion_translate, "flip": fashion_flip})  # nothing else changes
+                                "translate": fashion_translate, "flip": fashion_flip,
+                                "epochs": fashion_epochs})  # nothing else changes
     mine = load_recipe(name, {"dataset": "fashion-mnist", "rotate": 5, "flip": not fashion_flip})  # overrides win
     assert (mine.rotate, mine.scale, mine.flip) == (5.0, 0.0, not fashion_flip)
 
