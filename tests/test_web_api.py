@@ -13,6 +13,7 @@ import asyncio
 import base64
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -844,7 +845,9 @@ def test_a_cnn_answer_carries_its_first_conv_layers_feature_maps(sample_cnn_mode
     with make_client(create_app(sample_cnn_model)) as c:
         answer = c.post("/api/predict", content=png).json()
         blank = c.post("/api/predict", content=pgm(Image.new("L", (140, 140), 0))).json()
-    features = np.array(answer["features"])  # (F, H, W)
+    shape, levels = answer["features"]["shape"], base64.b64decode(answer["features"]["levels"])
+    assert len(levels) == math.prod(shape)
+    features = np.frombuffer(levels, np.uint8).reshape(shape) / 255  # (F, H, W)
     conv = sample_cnn_model.net.layers[0]
     assert features.shape == (conv.filters, 24, 24) == (6, 24, 24)  # 5x5 "valid" on 28x28
     x, _ = to_mnist(load_image(png))  # the 28x28 image the model received
@@ -852,7 +855,7 @@ def test_a_cnn_answer_carries_its_first_conv_layers_feature_maps(sample_cnn_mode
     raw = conv.forward(sample_cnn_model.prepare(x[None]), train=False)[0].transpose(2, 0, 1)  # (F, 24, 24)
     lo, hi = raw.min(axis=(1, 2), keepdims=True), raw.max(axis=(1, 2), keepdims=True)
     assert np.all(hi > lo)
-    assert np.allclose(features, (raw - lo) / (hi - lo), atol=6e-4)  # rounded to 3 decimals
+    assert np.allclose(features, (raw - lo) / (hi - lo), atol=0.5 / 255 + 1e-6)  # rounded to grey levels
     assert features.min() == 0.0 and features.max() == 1.0
     assert blank["features"] is None and blank["reason"] == "no ink found"
     assert sample_client.post("/api/predict", content=png).json()["features"] is None  # an MLP has no conv layer

@@ -14,7 +14,8 @@ Routes (`?model=ID` picks one of the runs listed by /api/models instead of the s
                                "input_png": base64 PNG of the 28x28 image the model received,
                                "heatmap": 28x28 floats in [-1, 1] | null (what pushed the model to its answer),
                                "template": 28x28 floats | null (a linear model's weight template of that class),
-                               "features": F maps of HxW floats in [0, 1] | null (a CNN's first conv layer)}
+                               "features": {"shape": [F, H, W], "levels": base64 bytes 0..255} | null (a CNN's first
+                               conv layer's maps, each scaled to its own range)}
     GET  /api/model        the model's metadata (recipe, metrics, class names, digitlab version, ...)
     GET  /api/models       {"current": ID, "models": [{id, recipe, dataset, test_accuracy, date, ...}]}
     GET  /api/test-digit   a random MNIST test digit: {"index", "label", "image_png", "dataset"}
@@ -79,6 +80,13 @@ class TopEntry(BaseModel):
     probability: float
 
 
+class FeatureMaps(BaseModel):
+    """F maps of H x W grey levels as bytes (the default cnn's 24 maps of 24x24: 18 KB of base64)."""
+
+    shape: list[int] = Field(description="[F, H, W]")
+    levels: str = Field(description="base64 of F*H*W bytes, map by map and row by row: round(255 x value)")
+
+
 class Prediction(BaseModel):
     digit: int | None = Field(description="the predicted class index, or null: no digit (see reason)")
     reason: str | None = Field(None, description="why there is no digit: no ink, not digit-like ink, or not sure")
@@ -91,10 +99,10 @@ class Prediction(BaseModel):
     template: list[list[float]] | None = Field(
         None, description="linear models only: the best class's 28x28 weight template scaled to [-1, 1] (> 0: ink "
         "there counts for the class); null for other networks")
-    features: list[list[list[float]]] | None = Field(
-        None, description="CNNs only: the first Conv2D layer's feature maps for the 28x28 input, F maps of HxW "
-        "(e.g. 24 of 24x24), each the raw convolution output (before any ReLU, pooling or BatchNorm) scaled by its "
-        "own min and max to [0, 1]; null for networks without a convolution layer and when no ink was found")
+    features: FeatureMaps | None = Field(
+        None, description="CNNs only: the first Conv2D layer's feature maps for the 28x28 input (e.g. 24 of "
+        "24x24), each the raw convolution output (before any ReLU, pooling or BatchNorm) scaled by its own min and "
+        "max to [0, 1], as grey levels; null for networks without a convolution layer and when no ink was found")
 
 
 class TestDigit(BaseModel):
@@ -368,7 +376,7 @@ def predict_bytes(model, data: bytes) -> dict:
         "input_png": png_base64(result["input"]),
         "heatmap": None if heat is None else np.round(heat, 3).tolist(),
         "template": None if template is None else np.round(template, 3).tolist(),
-        "features": None if features is None else np.round(features, 3).tolist(),
+        "features": None if features is None else grey_levels(features),
     }
 
 
@@ -400,6 +408,12 @@ class _TestDigits:
         except DigitlabError:
             ds = load_dataset("mnist-sample", download=False, quiet=True)
         return ds.test.images, ds.test.labels, ds.name if ds.notice is None else "mnist-sample"
+
+
+def grey_levels(maps: np.ndarray) -> dict[str, Any]:
+    """float [F, H, W] in [0, 1] -> {"shape": [F, H, W], "levels": base64 of round(255 x maps) as bytes}."""
+    levels = np.round(np.clip(maps, 0.0, 1.0) * 255).astype(np.uint8)
+    return {"shape": list(levels.shape), "levels": base64.b64encode(levels.tobytes()).decode("ascii")}
 
 
 def png_base64(image: np.ndarray) -> str:

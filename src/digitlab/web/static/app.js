@@ -108,13 +108,14 @@
     $("template-digit").textContent = String(digit);
   }
 
-  // A CNN's first-layer feature maps (F maps of HxW in [0, 1]) as one montage canvas, FEATURE_COLS maps a row,
-  // bright where a filter responds strongly; hidden for networks without a convolution layer.
+  // A CNN's first-layer feature maps ({shape: [F, H, W], levels: base64 grey bytes}) as one montage canvas,
+  // FEATURE_COLS maps a row, bright where a filter responds strongly; hidden for networks without a convolution layer.
   const FEATURE_COLS = 8;
   function showFeatures(maps) {
     featuresFigure.hidden = !maps;
     if (!maps) return;
-    const n = maps.length, h = maps[0].length, w = maps[0][0].length;
+    const [n, h, w] = maps.shape;
+    const levels = Uint8Array.from(atob(maps.levels), (c) => c.charCodeAt(0));  // (F, H, W) bytes
     const cols = Math.min(FEATURE_COLS, n), rows = Math.ceil(n / cols);
     const W = cols * (w + 1) - 1, H = rows * (h + 1) - 1;  // one pixel of gap between maps
     if (featuresCanvas.width !== W || featuresCanvas.height !== H) {
@@ -122,16 +123,16 @@
       featuresCanvas.height = H;
     }
     const img = featuresCanvas.getContext("2d").createImageData(W, H);  // transparent gaps: the card shows through
-    maps.forEach((map, k) => {
+    for (let k = 0; k < n; k++) {
       const x0 = (k % cols) * (w + 1), y0 = Math.floor(k / cols) * (h + 1);
       for (let y = 0; y < h; y++) {
         for (let x = 0; x < w; x++) {
-          const v = Math.round(255 * map[y][x]), i = 4 * ((y0 + y) * W + x0 + x);
+          const v = levels[(k * h + y) * w + x], i = 4 * ((y0 + y) * W + x0 + x);
           img.data[i] = img.data[i + 1] = img.data[i + 2] = v;
           img.data[i + 3] = 255;
         }
       }
-    });
+    }
     featuresCanvas.getContext("2d").putImageData(img, 0, 0);
     $("features-count").textContent = `(${n} maps, ${h}×${w})`;
   }
