@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor, wait
+from itertools import accumulate
 
 import numpy as np
 
@@ -51,10 +52,12 @@ class Shards:
     def step(self, x, y, loss_fn, scale: float = 1.0) -> tuple[float, int]:
         """Forward, loss and backward of the batch (x (B, ...), y (B,)); the first network's gradients end up
         holding `scale` times the gradient of the batch's mean loss. Returns (mean loss, correct predictions)."""
+        if len(self.nets) == 1:                         # one shard: the plain step, no threads
+            return _forward_backward(self.nets[0], x, y, loss_fn, scale)
         b = len(y)
         sizes = [b // len(self.nets) + (k < b % len(self.nets)) for k in range(len(self.nets))]  # first ones larger
-        edges = np.cumsum([0] + sizes)
-        parts = [(net, int(lo), int(hi)) for net, lo, hi in zip(self.nets, edges[:-1], edges[1:]) if hi > lo]
+        edges = [0, *accumulate(sizes)]
+        parts = [(net, lo, hi) for net, lo, hi in zip(self.nets, edges[:-1], edges[1:]) if hi > lo]
 
         def run(net, lo, hi):
             return _forward_backward(net, x[lo:hi], y[lo:hi], loss_fn, scale * (hi - lo) / b)
